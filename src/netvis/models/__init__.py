@@ -1,0 +1,8 @@
+"""The lecture's architectures: batch normalization, ResNet (and plain twins), DenseNet.
+
+``create(name, **options)`` builds any of them by name; ``list_models()`` names them all.
+"""
+
+from netvis.models.registry import create, get_builder, list_models
+
+__all__ = ["create", "get_builder", "list_models"]
