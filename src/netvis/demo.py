@@ -1,0 +1,66 @@
+"""``netvis demo``: the whole lecture on the Fashion-MNIST sample that ships with netvis.
+
+By default the demo studies the shipped ``fashion-mnist-small`` checkpoint; with ``train=True`` it first
+trains a fresh model on the shipped sample on the CPU. Either way it needs no network.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from netvis.data import load
+from netvis.render.lecture import lecture_report
+from netvis.train.checkpoint import load_checkpoint
+from netvis.train.evaluate import with_preprocess
+
+SAMPLE = "fashion-mnist-sample"
+
+
+def run_demo(
+    out: str | Path = "netvis-report",
+    *,
+    checkpoint: str = "fashion-mnist-small",
+    train: bool = False,
+    epochs: int = 4,
+    model: str = "resnet20_cifar",
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Run the lecture end to end and write the report.
+
+    Args:
+        out: folder for the report (``index.html``, ``summary.json``) and, with ``train``, the run.
+        checkpoint: the checkpoint to study (a path or a shipped name) when ``train`` is false.
+        train: train ``model`` on the shipped sample first and study that instead.
+        epochs: epochs of that training run.
+        model: the model that training run builds.
+        seed: seed of that training run.
+        progress: show progress bars.
+
+    Returns:
+        The path of the report's ``index.html``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    run_dir = None
+    if train:
+        from netvis.train.trainer import TrainConfig
+        from netvis.train.trainer import train as train_run
+
+        run_dir = out / "run"
+        config = TrainConfig(model=model, data=SAMPLE, epochs=epochs, out=str(run_dir), seed=seed,
+                             batch_size=64, augment=False, progress=progress, device="auto")
+        result = train_run(config)
+        checkpoint = str(result.checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    train_data = with_preprocess(load(SAMPLE, "train"), ckpt.preprocess)
+    test_data = with_preprocess(load(SAMPLE, "test"), ckpt.preprocess)
+    report, summary = lecture_report(ckpt, train_data, test_data, run_dir=run_dir, progress=progress)
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    summary["checkpoint"] = str(ckpt.path)
+    path = report.write(out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return path

@@ -1,0 +1,246 @@
+"""The lecture as one report: every section computed on a checkpoint and its data.
+
+:func:`lecture_report` builds a :class:`netvis.render.report.Report` in the lecture's order. Each
+``section_*`` function is independent, takes the pieces it needs and appends one section, so the
+report, the demo and the viewer share them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from netvis.render.report import Report
+
+EXPLAIN = {
+    "bn": (
+        "Batch normalization normalizes each feature over the batch, then scales and shifts it with "
+        "learned parameters: <span class='math'>y = &gamma; (x &minus; &mu;<sub>B</sub>) / "
+        "&radic;(&sigma;<sup>2</sup><sub>B</sub> + &epsilon;) + &beta;</span>, per entry for fully "
+        "connected inputs (B&times;N) and per channel for convolutional ones (B&times;C&times;P&times;Q). "
+        "At test time the batch statistics are replaced by running averages, or by statistics "
+        "recomputed over the whole training set, layer by layer. "
+        "Ioffe &amp; Szegedy, <i>Batch Normalization: Accelerating Deep Network Training by Reducing "
+        "Internal Covariate Shift</i>, ICML 2015."
+    ),
+    "arch": (
+        "A residual block learns a correction to its input, <span class='math'>y = F(x) + x</span> "
+        "(a 1&times;1 convolution on the shortcut when the shape changes); a dense block feeds every "
+        "layer the concatenation of all earlier maps, <span class='math'>x<sub>l</sub> = "
+        "H<sub>l</sub>([x<sub>0</sub>, &hellip;, x<sub>l&minus;1</sub>])</span>. "
+        "He et al., <i>Deep Residual Learning for Image Recognition</i>, CVPR 2016; Huang et al., "
+        "<i>Densely Connected Convolutional Networks</i>, CVPR 2017."
+    ),
+    "model": "The checkpoint under study: its layers, parameters and accuracy on held-out images.",
+    "saliency": (
+        "Occlusion slides a k&times;k patch filled with the image mean over the image and records the "
+        "class score at each position (Zeiler &amp; Fergus, <i>Visualizing and Understanding "
+        "Convolutional Networks</i>, ECCV 2014). The gradient map is <span class='math'>|&part;S<sub>c</sub>"
+        "/&part;x|</span> (Simonyan, Vedaldi &amp; Zisserman, <i>Deep Inside Convolutional Networks</i>, "
+        "2014). Guided backprop passes gradient through a ReLU only where both the forward input and the "
+        "incoming gradient are positive (Springenberg et al., <i>Striving for Simplicity: The All "
+        "Convolutional Net</i>, 2015). Grad-CAM weights a layer's maps by their average gradient "
+        "(Selvaraju et al., <i>Grad-CAM</i>, ICCV 2017)."
+    ),
+}
+
+
+def _param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def section_batchnorm(report: Report, model: nn.Module, train_data, test_data, *, progress: bool = False):
+    """BN from its equations vs ``torch.nn.BatchNorm2d``, the model's BN statistics, and recalibration."""
+    import copy
+
+    from netvis.bn import bn_statistics, recalibrate
+    from netvis.models.batchnorm import BatchNorm2d
+    from netvis.train.evaluate import evaluate
+
+    sec = report.section("Batch normalization", EXPLAIN["bn"])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 8, 6, 6, generator=gen) * 3 + 1
+    ours, ref = BatchNorm2d(8), nn.BatchNorm2d(8)
+    diff_train = (ours(x) - ref(x)).abs().max().item()
+    diff_stats = (ours.running_var - ref.running_var).abs().max().item()
+    ours.eval(), ref.eval()
+    diff_eval = (ours(x) - ref(x)).abs().max().item()
+    sec.text(
+        "netvis.models.BatchNorm2d computes the batch statistics itself. Against torch.nn.BatchNorm2d on a "
+        f"16x8x6x6 batch: max |difference| {diff_train:.2e} in train mode, {diff_eval:.2e} in eval mode, "
+        f"{diff_stats:.2e} in the running variance."
+    )
+
+    stats = bn_statistics(model)
+    rows = []
+    for s in stats:
+        rows.append([
+            s["name"], s["num_features"],
+            f"{s['running_mean'].mean():.3f}" if s["running_mean"] is not None else "-",
+            f"{s['running_var'].mean():.3f}" if s["running_var"] is not None else "-",
+            f"{s['weight'].mean():.3f}" if s["weight"] is not None else "-",
+            f"{s['bias'].mean():.3f}" if s["bias"] is not None else "-",
+        ])
+    sec.text(f"The model has {len(stats)} BN layers (averages over channels):")
+    sec.table(["layer", "channels", "mean(running mean)", "mean(running var)", "mean(gamma)", "mean(beta)"],
+              rows)
+    if stats:
+        fig = Figure(figsize=(9, 2.8))
+        axes = fig.subplots(1, 2)
+        names = [s["name"] for s in stats]
+        gammas = [s["weight"].numpy() for s in stats if s["weight"] is not None]
+        if gammas:
+            axes[0].boxplot(gammas, showfliers=False)
+            axes[0].set_title("gamma per BN layer")
+        variances = [s["running_var"].numpy() for s in stats if s["running_var"] is not None]
+        if variances:
+            axes[1].boxplot(variances, showfliers=False)
+            axes[1].set_yscale("log")
+            axes[1].set_title("running variance per BN layer")
+        for ax in axes:
+            ax.set_xticks(range(1, len(names) + 1), [str(i) for i in range(1, len(names) + 1)])
+            ax.set_xlabel("BN layer (forward order)")
+        sec.figure(fig, "Distribution over channels of gamma and of the running variance, per BN layer.")
+
+    before = evaluate(model, test_data)
+    recal = copy.deepcopy(model)
+    recalibrate(recal, train_data, progress=progress)
+    after = evaluate(recal, test_data)
+    sec.text(
+        "The other strategy for test-time statistics: with the weights fixed, recompute every BN layer's "
+        "mean and variance over the training images, layer by layer, first layers first "
+        "(netvis.bn.recalibrate)."
+    )
+    sec.table(["test-time statistics", "test accuracy"],
+              [["running averages (training)", f"{before.accuracy:.2%}"],
+               ["recomputed over the training data", f"{after.accuracy:.2%}"]])
+    return {"bn_layers": len(stats), "accuracy_running": before.accuracy, "accuracy_recalibrated": after.accuracy}
+
+
+ARCHITECTURES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "densenet169",
+                 "densenet201", "densenet264", "resnet20_cifar", "plain20_cifar", "resnet56_cifar",
+                 "plain56_cifar", "densenet_bc_100"]
+
+
+def section_architectures(report: Report):
+    """Parameter counts of the lecture's architectures, beside torchvision's where it has the model."""
+    import torchvision
+
+    from netvis.models import create
+
+    sec = report.section("ResNet and DenseNet", EXPLAIN["arch"])
+    rows = []
+    for name in ARCHITECTURES:
+        with torch.device("meta"):
+            count = _param_count(create(name))
+            tv = getattr(torchvision.models, name, None)
+            ref = f"{_param_count(tv(weights=None)):,}" if tv is not None else "-"
+        rows.append([name, f"{count:,}", ref])
+    sec.table(["model", "parameters (netvis)", "parameters (torchvision)"], rows)
+    return {"architectures": len(rows)}
+
+
+def section_model(report: Report, ckpt, test_data, *, run_dir: Path | None = None):
+    """The checkpoint: layers, parameters, curves, accuracy and confusion matrix."""
+    from netvis.train.evaluate import evaluate
+
+    model = ckpt.model
+    sec = report.section("The model", EXPLAIN["model"])
+    meta = ckpt.meta
+    model_meta = meta.get("model", {})
+    sec.text(
+        f"{model_meta.get('name', type(model).__name__)} with options {json.dumps(model_meta.get('options', {}))}, "
+        f"{_param_count(model):,} parameters, trained for {meta.get('epoch', '?')} epoch(s) on "
+        f"{meta.get('data', {}).get('name', '?')}."
+    )
+    rows = []
+    for name, child in model.named_children():
+        rows.append([name, type(child).__name__, f"{_param_count(child):,}"])
+    sec.table(["top-level layer", "type", "parameters"], rows)
+
+    curves = run_dir / "curves.png" if run_dir is not None else None
+    if curves is not None and curves.exists():
+        sec.image_bytes(curves.read_bytes(), "Training curves (loss and accuracy per epoch).")
+
+    ev = evaluate(model, test_data, classes=list(ckpt.classes))
+    sec.text(f"Accuracy on {ev.count} held-out images: {ev.accuracy:.2%} (mean loss {ev.loss:.3f}).")
+    fig = Figure(figsize=(5.5, 4.8))
+    ax = fig.subplots()
+    im = ax.imshow(ev.confusion.numpy(), cmap="Blues")
+    ax.set_xticks(range(len(ev.classes)), ev.classes, rotation=70, fontsize=7)
+    ax.set_yticks(range(len(ev.classes)), ev.classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax)
+    sec.figure(fig, "Confusion matrix on the held-out images.")
+    return {"accuracy": ev.accuracy, "test_images": ev.count}
+
+
+def sample_images(test_data, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` test images of distinct classes where possible (deterministic), as model inputs."""
+    targets = torch.as_tensor(test_data.targets)
+    chosen: list[int] = []
+    for c in torch.unique(targets).tolist():
+        idx = torch.nonzero(targets == c).flatten()
+        if len(idx):
+            chosen.append(int(idx[seed % len(idx)]))
+        if len(chosen) == n:
+            break
+    xs = torch.stack([test_data[i][0] for i in chosen])
+    return xs, targets[chosen]
+
+
+def section_saliency(report: Report, ckpt, test_data, *, n_images: int = 4, window: int = 6, stride: int = 2):
+    """Occlusion, gradient, guided backprop and Grad-CAM side by side on sample images."""
+    from netvis.render.figures import method_grid
+    from netvis.saliency import default_layer, grad_cam, gradient, guided_backprop, occlusion
+
+    model = ckpt.model
+    sec = report.section("Saliency: where the model looks", EXPLAIN["saliency"])
+    x, labels = sample_images(test_data, n_images)
+    with torch.no_grad():
+        scores = model(x)
+    pred = scores.argmax(dim=1)
+    layer = default_layer(model)
+    maps = {
+        f"occlusion (k={window})": occlusion(model, x, pred, window=window, stride=stride, output="drop",
+                                             upsample=True),
+        "gradient": gradient(model, x, pred, reduce="max"),
+        "guided backprop": guided_backprop(model, x, pred).abs().amax(dim=1),
+        "Grad-CAM": grad_cam(model, x, pred, layer=layer),
+    }
+    mean = getattr(test_data, "mean", None)
+    std = getattr(test_data, "std", None)
+    fig = method_grid(x, maps, scores=scores.softmax(dim=1), class_names=list(ckpt.classes), target=pred.tolist(),
+                      mean=mean, std=std)
+    sec.figure(fig, "Each row: a test image (true class "
+               + ", ".join(ckpt.classes[i] for i in labels.tolist())
+               + ") and its saliency for the predicted class.")
+    return {"saliency_images": int(x.shape[0]), "saliency_methods": list(maps)}
+
+
+def lecture_report(ckpt, train_data, test_data, *, run_dir: str | Path | None = None,
+                   progress: bool = False, title: str = "netvis: network visualization") -> tuple[Report, dict]:
+    """Build the whole lecture's report for ``ckpt`` on ``train_data``/``test_data``.
+
+    Returns:
+        The :class:`Report` and a dict of the headline numbers of every section.
+    """
+    report = Report(title, subtitle=f"checkpoint {ckpt.path}" if ckpt.path else "")
+    summary: dict[str, Any] = {}
+    steps = [
+        ("model", lambda: section_model(report, ckpt, test_data, run_dir=Path(run_dir) if run_dir else None)),
+        ("batchnorm", lambda: section_batchnorm(report, ckpt.model, train_data, test_data, progress=progress)),
+        ("architectures", lambda: section_architectures(report)),
+        ("saliency", lambda: section_saliency(report, ckpt, test_data)),
+    ]
+    from tqdm.auto import tqdm
+
+    for name, step in tqdm(steps, desc="report", disable=not progress):
+        summary[name] = step()
+    return report, summary
