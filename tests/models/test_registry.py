@@ -46,3 +46,10 @@ def test_wrong_input_channels_is_a_clear_error():
     model = create("resnet18").eval()
     with pytest.raises(ValueError, match="in_channels"):
         model(torch.randn(1, 1, 64, 64))
+
+
+def test_architecture_fixed_by_the_name_is_not_an_option():
+    with pytest.raises(ValueError, match="'layers'"):
+        create("resnet18", layers=[1, 1, 1, 1])
+    with pytest.raises(ValueError, match="'block_config'"):
+        create("densenet121", block_config=(1, 1, 1, 1))

@@ -31,6 +31,7 @@ _TABLE: dict[str, tuple[str, str]] = {
     "resnet32_cifar": (_RESNET, "resnet32_cifar"),
     "resnet44_cifar": (_RESNET, "resnet44_cifar"),
     "resnet56_cifar": (_RESNET, "resnet56_cifar"),
+    "resnet110_cifar": (_RESNET, "resnet110_cifar"),
     "plain18": (_PLAIN, "plain18"),
     "plain34": (_PLAIN, "plain34"),
     "plain20_cifar": (_PLAIN, "plain20_cifar"),
@@ -44,6 +45,10 @@ _TABLE: dict[str, tuple[str, str]] = {
     "densenet264": (_DENSENET, "densenet264"),
     "densenet_bc_100": (_DENSENET, "densenet_bc_100"),
 }
+
+
+# Constructor parameters that a named builder fixes itself: not options of ``create``.
+_FIXED_BY_BUILDER = frozenset({"block", "layers", "growth_rate", "block_config"})
 
 
 def list_models() -> list[str]:
@@ -89,7 +94,8 @@ def _accepted_options(builder: Callable[..., nn.Module]) -> set[str] | None:
     init = list(inspect.signature(cls.__init__).parameters.values())[1:]
     if any(p.kind is p.VAR_KEYWORD for p in init):
         return None
-    return names | {p.name for p in init if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    init_names = {p.name for p in init if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names | (init_names - _FIXED_BY_BUILDER)
 
 
 def create(name: str, **options) -> nn.Module:
