@@ -28,5 +28,247 @@ def models_command() -> None:
         click.echo(f"{name:<20} {count:>13,d}")
 
 
+@main.command("demo")
+@click.option("--out", default="netvis-report", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the report.")
+@click.option("--train", "train_first", is_flag=True,
+              help="Train a fresh model on the shipped sample (CPU, a few minutes) instead of the shipped checkpoint.")
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1), help="Epochs with --train.")
+@click.option("--checkpoint", default="fashion-mnist-small", show_default=True,
+              help="Checkpoint to study (path or shipped name) without --train.")
+def demo_command(out: str, train_first: bool, epochs: int, checkpoint: str) -> None:
+    """The whole lecture on the shipped Fashion-MNIST sample, ending in an HTML report."""
+    from netvis.demo import run_demo
+
+    path = run_demo(out, checkpoint=checkpoint, train=train_first, epochs=epochs)
+    click.echo(f"report: {path.resolve()}")
+
+
+@main.command("train")
+@click.option("--model", help="Model (`netvis models`), e.g. resnet20_cifar; required unless --resume.")
+@click.option("--data", help="Data set name (fashion-mnist, fashion-mnist-sample, cifar10) or folder.")
+@click.option("--epochs", type=int, help="Total epochs (default 10).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--batch-size", type=int, help="Global batch size (default 128).")
+@click.option("--lr", type=float, help="Peak learning rate (default 0.1 for sgd, 1e-3 for adam).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), help="Optimizer (default sgd).")
+@click.option("--momentum", type=float, help="SGD momentum (default 0.9).")
+@click.option("--schedule", type=click.Choice(["onecycle", "cosine", "none"]),
+              help="LR schedule (default onecycle).")
+@click.option("--weight-decay", type=float, help="Weight decay (default 5e-4).")
+@click.option("--seed", type=int, help="Seed of weights, shuffling and augmentation (default 0).")
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Autocast precision (default auto: bf16/fp16 on GPUs, fp32 on the CPU).")
+@click.option("--channels-last/--no-channels-last", default=None, help="Memory format (default: on GPUs).")
+@click.option("--trainable", type=click.Choice(["all", "bn", "bn+fc", "all-but-bn"]),
+              help="Which parameters train (default all; bn: only BatchNorm gamma and beta).")
+@click.option("--augment/--no-augment", default=None, help="Random crop with padding + horizontal flip.")
+@click.option("--crop-padding", type=int, help="Padding of the random crop (default 4; 0: flip only).")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="Extra model option, repeatable, e.g. --model-option norm_layer=none.")
+@click.option("--limit-train", type=int, help="Train on the first N training images only.")
+@click.option("--limit-test", type=int, help="Evaluate on the first N test images only.")
+@click.option("--no-eval", is_flag=True, help="Do not evaluate on the test split after each epoch.")
+@click.option("--label-smoothing", type=float, help="Cross-entropy label smoothing (default 0).")
+@click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across torchrun processes (GPUs only).")
+@click.option("--num-workers", type=int, help="DataLoader workers for data sets not held in memory.")
+@click.option("--stop-after", type=int, help="Stop after N epochs of this call (resume later).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default on).")
+def train_command(out: str, resume: bool, no_eval: bool, model_options: tuple[str, ...], **options) -> None:
+    """Train a model; write checkpoint.pt, metrics.jsonl and curves.png to the run folder.
+
+    Run it under `torchrun --nproc_per_node=N -m netvis train ...` for data-parallel training.
+    """
+    from netvis.data import DataError
+    from netvis.train import CheckpointError, TrainConfig, parse_model_option, resume_config, train
+
+    given = {key: value for key, value in options.items() if value is not None and value is not False}
+    try:
+        if model_options:
+            given["model_options"] = dict(parse_model_option(text) for text in model_options)
+        if no_eval:
+            given["eval_split"] = None
+        if resume:
+            config = resume_config(out, **given)
+        else:
+            missing = [f"--{key}" for key in ("model", "data", "epochs") if key not in given]
+            if missing:
+                raise click.UsageError(f"missing {', '.join(missing)} (needed unless --resume)")
+            config = TrainConfig(out=out, **given)
+        result = train(config, resume=resume)
+    except (ValueError, FileExistsError, CheckpointError, DataError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: {out} keeps the checkpoint of the last completed epoch; continue with "
+                   "--resume", err=True)
+        raise SystemExit(130) from None
+    if result.metrics and result.run_dir is not None:
+        last = result.metrics[-1]
+        accuracy = last.get("test_accuracy")
+        summary = f"epoch {last['epoch']}/{config.epochs}"
+        if accuracy is not None:
+            summary += f", test accuracy {accuracy:.2%}"
+        click.echo(f"{summary}; checkpoint {result.checkpoint}")
+
+
+@main.command("evaluate")
+@click.argument("checkpoint")
+@click.option("--data", help="Data set name or folder (default: the one the checkpoint was trained on).")
+@click.option("--split", default="test", show_default=True, help="Split to evaluate.")
+@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--limit", type=int, help="Evaluate on the first N images only.")
+@click.option("--progress/--no-progress", default=True)
+def evaluate_command(checkpoint: str, data: str | None, split: str, batch_size: int, device: str,
+                     limit: int | None, progress: bool) -> None:
+    """Print a checkpoint's accuracy and confusion matrix on a data set."""
+    from netvis.data import DataError
+    from netvis.train import CheckpointError
+    from netvis.train.evaluate import evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(checkpoint, data, split=split, batch_size=batch_size, device=device,
+                                     limit=limit, progress=progress)
+    except (ValueError, CheckpointError, DataError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(result.format())
+
+
+@main.command("invert")
+@click.argument("checkpoint")
+@click.argument("image")
+@click.option("--layer", "layers", multiple=True, required=True,
+              help="Layer to invert (dotted name, e.g. layer1.0); repeat for several, shallow to deep.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="Optimiser iterations (default: 100 for lbfgs, 300 for adam and sgd).")
+@click.option("--optimizer", type=click.Choice(["lbfgs", "adam", "sgd"]), default="lbfgs", show_default=True)
+@click.option("--lr", type=float, help="Learning rate (default per optimiser).")
+@click.option("--tv-weight", type=float, default=0.05, show_default=True, help="Total-variation weight.")
+@click.option("--tv-beta", type=float, default=2.0, show_default=True, help="Total-variation exponent.")
+@click.option("--init", type=click.Choice(["noise", "mean"]), default="noise", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the start image.")
+@click.option("--progress/--no-progress", default=True)
+def invert_command(checkpoint: str, image: str, layers: tuple[str, ...], out: str, **options) -> None:
+    """Reconstruct IMAGE from CHECKPOINT's features at --layer (Mahendran & Vedaldi 2015).
+
+    IMAGE is a PNG/JPG file or sample:N (test image N of the shipped Fashion-MNIST sample). Writes
+    target.png, one <layer>.png per layer, inversion.png and inversion.json into --out.
+    """
+    from netvis.data import DataError
+    from netvis.inversion.run import run_invert
+    from netvis.train import CheckpointError
+
+    given = {key: value for key, value in options.items() if value is not None}
+    try:
+        summary = run_invert(checkpoint, image, layers, out, **given)
+    except (ValueError, FileNotFoundError, CheckpointError, DataError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for name, result in summary["layers"].items():
+        click.echo(f"{name}: feature error {result['error']:.3%} (start {result['initial_error']:.3%}), "
+                   f"{result['n_evals']} evaluations")
+    click.echo(f"wrote {out}")
+
+
+@main.command("train-inverter")
+@click.argument("checkpoint")
+@click.option("--layer", required=True, help="Layer whose features are inverted (dotted name).")
+@click.option("--data", default="fashion-mnist-sample", show_default=True,
+              help="Data set name or folder (its stored images go through the checkpoint's preprocess).")
+@click.option("--split", default="train", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=0), default=10, show_default=True, help="Total epochs.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for inverter.pt.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--feature-loss-weight", type=float, default=0.0, show_default=True,
+              help="Weight of the feature loss through the frozen model (0: pixel loss only).")
+@click.option("--limit", type=click.IntRange(min=1), help="Train on the first N images only.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from --out/inverter.pt.")
+@click.option("--progress/--no-progress", default=True)
+def train_inverter_command(checkpoint: str, layer: str, data: str, out: str, **options) -> None:
+    """Train a network that inverts CHECKPOINT's --layer (Dosovitskiy & Brox 2016)."""
+    from netvis.data import DataError
+    from netvis.inversion.run import run_train_inverter
+    from netvis.train import CheckpointError
+
+    try:
+        _, summary = run_train_inverter(checkpoint, layer, data, out, **options)
+    except (ValueError, FileNotFoundError, CheckpointError, DataError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    line = f"{summary['epochs']} epochs, final loss {summary['history'][-1]:.4g}" if summary["history"] else ""
+    if "test_mse" in summary:
+        line += f", test pixel MSE {summary['test_mse']:.4g}"
+    click.echo(f"{line}; wrote {summary['file']}")
+
+
+@main.command("examples")
+@click.argument("checkpoint")
+@click.option("--layer", "layers", multiple=True, required=True,
+              help="Layer (dotted name, e.g. layer3 or layer2.1.conv1); repeat for several (one pass).")
+@click.option("--data", help="Data set name or folder (default: the one the checkpoint was trained on).")
+@click.option("--split", default="test", show_default=True, help="Split to search.")
+@click.option("--k", default=20, show_default=True, help="Images per channel.")
+@click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
+              help="Score of an image for a channel: the mean or the max of its activation map.")
+@click.option("--out", default="netvis-examples", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for index.html, the grids and the results (reruns resume from it).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--limit", type=int, help="Search the first N images only.")
+@click.option("--progress/--no-progress", default=True)
+def examples_command(checkpoint: str, layers: tuple[str, ...], data: str | None, split: str, k: int,
+                     reduce: str, out: str, batch_size: int, device: str, limit: int | None,
+                     progress: bool) -> None:
+    """Find each channel's top-k images of a data set; write a grid per channel and an index.html.
+
+    Under torchrun (torchrun --nproc_per_node=N -m netvis examples ...) the data is split between the
+    processes and their results merged exactly; rank 0 writes the files.
+    """
+    from pathlib import Path
+
+    from netvis.data import DataError
+    from netvis.features.pipeline import run_examples
+    from netvis.train import CheckpointError
+
+    try:
+        index = run_examples(checkpoint, list(layers), data=data, split=split, k=k, reduce=reduce,
+                             out=Path(out), batch_size=batch_size, device=device, limit=limit,
+                             progress=progress)
+    except (ValueError, CheckpointError, DataError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if index is not None:
+        click.echo(f"wrote {index}")
+
+
+@main.command("serve")
+@click.argument("checkpoint")
+@click.option("--data", help="Data set name or folder to browse (default: the one the checkpoint was trained on).")
+@click.option("--split", default="test", show_default=True, help="Split to browse.")
+@click.option("--limit", type=click.IntRange(min=1), help="Browse the first N images only.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--cache", type=click.Path(file_okay=False),
+              help="Cache folder (default: RUN_DIR/.netvis-cache for a run folder, else ~/.cache/netvis/serve).")
+@click.option("--allow-remote", is_flag=True, help="Allow --host other than loopback (no authentication!).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Also accept this Host header (name or name:port), e.g. the machine's name; repeatable.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Background threads.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+def serve_command(checkpoint: str, **options) -> None:
+    """A local web viewer of CHECKPOINT (a file, run folder or shipped name): layers, channels, saliency,
+    inversion. Open the address it prints; stop it with Ctrl-C."""
+    from netvis.data import DataError
+    from netvis.serve import run_server
+    from netvis.train import CheckpointError
+
+    try:
+        run_server(checkpoint, **options)
+    except (ValueError, CheckpointError, DataError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,103 @@
+"""Private helpers for inversion: resolve a layer, freeze a model for one call, capture a layer's output.
+
+Every change these make to a user's model (``requires_grad`` flags, train/eval mode, forward hooks) is
+undone in a ``finally`` block, so it is undone also when the call raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from netvis import hooks
+
+LayerLike = nn.Module | str
+
+
+def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
+    """Return ``(dotted name, module)`` for ``layer``, a module of ``model`` or its dotted name.
+
+    Raises:
+        ValueError: no such layer (the message lists the closest names) or a module outside ``model``.
+        TypeError: ``layer`` is neither a string nor an ``nn.Module``.
+    """
+    module = hooks.resolve_layer(model, layer)
+    if isinstance(layer, str):
+        return layer, module
+    return next(name for name, m in model.named_modules() if m is module), module
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode with every parameter's ``requires_grad`` off, for the ``with`` block.
+
+    Built on :func:`netvis.hooks.preserved_state`: each module's ``training`` flag, each parameter's
+    ``requires_grad`` flag and ``.grad``, and every buffer are exactly as before on exit (also on error).
+    """
+    with hooks.preserved_state(model):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for module in model.modules():
+            module.training = False
+        yield model
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook once every wanted layer has run, to skip the rest of the forward pass."""
+
+
+@contextmanager
+def _capture_hooks(modules: Mapping[str, nn.Module], store: dict[str, torch.Tensor], stop_early: bool):
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args, output):
+            if name in store:  # a module reused in the forward pass: keep its first output
+                return None
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(
+                    f"layer {name!r} returned {type(output).__name__}, not a tensor; "
+                    "choose a layer whose output is a single tensor"
+                )
+            store[name] = output
+            if stop_early and len(store) == len(modules):
+                raise _StopForward
+            return None
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def layer_outputs(
+    model: nn.Module, x: torch.Tensor, modules: Mapping[str, nn.Module], *, stop_early: bool = True
+) -> dict[str, torch.Tensor]:
+    """Run ``model(x)`` and return the outputs of ``modules`` (name -> tensor).
+
+    With ``stop_early`` the forward pass is cut short (by a private exception raised from a forward hook
+    and caught here) as soon as every layer has produced its output. The hooks are removed on exit.
+
+    Raises:
+        ValueError: a layer did not run during the forward pass.
+    """
+    store: dict[str, torch.Tensor] = {}
+    with _capture_hooks(modules, store, stop_early):
+        try:
+            model(x)
+        except _StopForward:
+            pass
+    missing = [name for name in modules if name not in store]
+    if missing:
+        raise ValueError(
+            f"layer(s) {', '.join(map(repr, missing))} did not run in {type(model).__name__}'s forward pass"
+        )
+    return store

@@ -1,0 +1,61 @@
+r"""Saliency: which pixels of an image a classifier's decision depends on.
+
+Every method is a function ``method(model, x, target=None, **options) -> Tensor`` that works on any
+``torch.nn.Module`` classifier mapping images ``(N, C, H, W)`` to class scores ``(N, num_classes)``:
+
+* :func:`occlusion` -- the class score while a patch hides part of the image (Zeiler & Fergus 2014);
+* :func:`gradient` -- :math:`|\partial f_c / \partial x|` (Simonyan, Vedaldi & Zisserman 2014);
+* :func:`guided_backprop` (Springenberg et al. 2015) and :func:`deconvnet` (Zeiler & Fergus 2014);
+* :func:`smoothgrad` (Smilkov et al. 2017) and :func:`integrated_gradients` (Sundararajan et al. 2017);
+* :func:`grad_cam` and :func:`guided_grad_cam` (Selvaraju et al. 2017).
+
+``target`` is ``None`` (each image's predicted class), an int, ``N`` ints (a list or tensor), or a
+callable ``outputs -> (N,) scores``. Each call runs the model in eval mode and leaves it exactly as it
+was: modes, ``requires_grad`` flags, parameter ``.grad``, buffers and hooks (see :mod:`netvis.hooks`).
+
+:data:`METHODS` maps the command-line names to the functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from netvis.hooks import GuidedReLUError, resolve_layer
+from netvis.saliency._common import TargetLike, resolve_target
+from netvis.saliency.cam import default_layer, grad_cam, guided_grad_cam
+from netvis.saliency.gradient import gradient, integrated_gradients, quadrature, smoothgrad
+from netvis.saliency.guided import deconvnet, guided_backprop
+from netvis.saliency.occlusion import occlusion, occlusion_grid_size
+
+METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "occlusion": occlusion,
+    "gradient": gradient,
+    "guided-backprop": guided_backprop,
+    "deconvnet": deconvnet,
+    "smoothgrad": smoothgrad,
+    "integrated-gradients": integrated_gradients,
+    "grad-cam": grad_cam,
+    "guided-grad-cam": guided_grad_cam,
+}
+"""Command-line method names -> functions, all with the signature ``(model, x, target=None, **options)``."""
+
+__all__ = [
+    "METHODS",
+    "GuidedReLUError",
+    "TargetLike",
+    "deconvnet",
+    "default_layer",
+    "grad_cam",
+    "gradient",
+    "guided_backprop",
+    "guided_grad_cam",
+    "integrated_gradients",
+    "occlusion",
+    "occlusion_grid_size",
+    "quadrature",
+    "resolve_layer",
+    "resolve_target",
+    "smoothgrad",
+]

@@ -1,0 +1,212 @@
+"""What every saliency method shares: input checks, target resolution, batching of many rows per image."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+TargetLike = None | int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+"""A target: ``None`` (the predicted class), an int, N ints, or a callable ``outputs -> (N,) scores``."""
+
+
+def check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def check_images(x: torch.Tensor) -> None:
+    """Raise unless ``x`` is a floating-point ``(N, C, H, W)`` tensor with ``N >= 1``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor shaped (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"inputs must be a 4-D tensor shaped (N, C, H, W); got {x.dim()}-D shape {tuple(x.shape)}"
+            + (" (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else "")
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"inputs must be floating point, got {x.dtype} (convert with x.float())")
+    if x.shape[0] == 0:
+        raise ValueError("inputs hold no images (N = 0)")
+
+
+@dataclass
+class Target:
+    """A resolved target: per-sample class indices, or a callable scoring each row of the outputs."""
+
+    indices: torch.Tensor | None = None
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def scores(self, outputs: torch.Tensor, n: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``(n,)`` of the model ``outputs`` for ``n`` input rows; row ``m`` is sample ``rows[m]``.
+
+        ``rows`` is ``None`` when row ``m`` is sample ``m``.
+        """
+        if self.fn is not None:
+            scores = self.fn(outputs)
+            if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n,):
+                got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+                raise ValueError(
+                    f"a callable target must return one score per input, a tensor of shape ({n},); "
+                    f"it returned {got}"
+                )
+            return scores
+        _check_class_outputs(outputs)
+        assert self.indices is not None
+        idx = self.indices if rows is None else self.indices[rows]
+        return outputs.gather(1, idx.to(outputs.device)[:, None]).squeeze(1)
+
+
+def _check_class_outputs(outputs: torch.Tensor) -> None:
+    if not isinstance(outputs, torch.Tensor):
+        raise TypeError(
+            f"the model returned {type(outputs).__name__}; a class target needs a tensor of class scores "
+            "shaped (N, num_classes) (pass a callable target to score other outputs)"
+        )
+    if outputs.dim() != 2:
+        raise ValueError(
+            f"the model returned outputs of shape {tuple(outputs.shape)}; a class target needs "
+            "(N, num_classes) outputs; pass a callable target (outputs -> (N,) scores) instead"
+        )
+
+
+def resolve_target(target: TargetLike, outputs: torch.Tensor, n: int) -> Target:
+    """Turn ``target`` into a :class:`Target` for ``n`` samples whose clean model outputs are ``outputs``.
+
+    Args:
+        target: ``None`` (each sample's predicted class, ``outputs.argmax(1)``), an int (the same class
+            for every sample), a sequence or 1-D integer tensor of ``n`` classes, or a callable mapping
+            model outputs ``(M, ...)`` to ``(M,)`` scores (each row's score must depend on that row only).
+        outputs: the model's outputs on the clean inputs.
+        n: the number of samples.
+
+    Raises:
+        ValueError: a class out of range (the message names the number of classes), a wrong number of
+            classes, outputs that are not ``(N, num_classes)`` for a class target.
+        TypeError: a target of another type, a non-integer tensor.
+    """
+    if callable(target) and not isinstance(target, torch.Tensor):
+        return Target(fn=target)
+    if isinstance(outputs, torch.Tensor) and outputs.shape[0] != n:
+        raise ValueError(f"the model returned {outputs.shape[0]} rows of outputs for {n} inputs")
+    _check_class_outputs(outputs)
+    num_classes = outputs.shape[1]
+    device = outputs.device
+    if target is None:
+        return Target(indices=outputs.detach().argmax(1))
+    if isinstance(target, bool):
+        raise TypeError("target must be an int class index, not a bool")
+    if isinstance(target, torch.Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"a target tensor must hold integer class indices, got dtype {target.dtype}")
+        if target.dim() > 1:
+            raise ValueError(f"a target tensor must be 0-D or 1-D, got shape {tuple(target.shape)}")
+        indices = target.reshape(-1).to(device=device, dtype=torch.long)
+        if target.dim() == 0:
+            indices = indices.expand(n)
+    elif isinstance(target, Sequence) and not isinstance(target, str):
+        try:
+            values = [operator.index(t) for t in target]
+        except TypeError:
+            raise TypeError("a target sequence must hold int class indices") from None
+        indices = torch.tensor(values, dtype=torch.long, device=device)
+    else:
+        try:
+            value = operator.index(target)
+        except TypeError:
+            raise TypeError(
+                "target must be None, an int, a sequence or tensor of ints, or a callable "
+                f"outputs -> scores; got {type(target).__name__}"
+            ) from None
+        indices = torch.full((n,), value, dtype=torch.long, device=device)
+    if indices.numel() != n:
+        raise ValueError(f"target holds {indices.numel()} class indices for {n} inputs; expected {n}")
+    bad = (indices < 0) | (indices >= num_classes)
+    if bool(bad.any()):
+        value = int(indices[bad][0])
+        raise ValueError(
+            f"target {value} is out of range for a model with {num_classes} classes "
+            f"(valid targets: 0..{num_classes - 1})"
+        )
+    return Target(indices=indices)
+
+
+def row_chunks(n_images: int, per_image: int, batch_size: int) -> Iterator[list[tuple[int, int, int]]]:
+    """Split ``n_images * per_image`` rows into forward passes of at most ``batch_size`` rows.
+
+    Rows are ordered image by image. Yields, per forward pass, a list of ``(image, start, stop)``: rows
+    ``start:stop`` of that image.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    total = n_images * per_image
+    for f0 in range(0, total, batch_size):
+        f1 = min(f0 + batch_size, total)
+        segments = []
+        for image in range(f0 // per_image, (f1 - 1) // per_image + 1):
+            start = max(f0, image * per_image) - image * per_image
+            stop = min(f1, (image + 1) * per_image) - image * per_image
+            segments.append((image, start, stop))
+        yield segments
+
+
+def gradient_of_scores(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: Target | TargetLike,
+    rows: torch.Tensor | None = None,
+    forward_context: Callable[[], AbstractContextManager] | None = None,
+) -> tuple[torch.Tensor, Target]:
+    """``d score / d inputs`` for each row, by ``torch.autograd.grad`` on a detached copy of ``inputs``.
+
+    The caller provides the context (:func:`netvis.hooks.eval_session` with ``grad=True``). The model
+    gets a copy of ``inputs`` (it may modify it in place without touching the caller's tensor).
+    ``forward_context`` (e.g. :func:`netvis.hooks.guided_relus`) wraps the forward pass only; the target
+    is scored and differentiated outside it. ``target`` is a resolved :class:`Target` (then ``rows`` maps
+    rows to its samples) or a raw target, resolved on these inputs' outputs.
+
+    Returns:
+        The gradient ``(M, C, H, W)`` (detached) and the resolved target.
+    """
+    xi = inputs.detach().clone().requires_grad_(True)
+    with forward_context() if forward_context is not None else nullcontext():
+        outputs = model(xi.clone())  # a non-leaf copy: a model may modify its input in place
+    if not isinstance(target, Target):
+        target = resolve_target(target, outputs, xi.shape[0])
+    scores = target.scores(outputs, xi.shape[0], rows)
+    if not scores.requires_grad:
+        raise RuntimeError(
+            "the target scores do not depend on the inputs through autograd (does the model detach its "
+            "input or run under torch.no_grad?)"
+        )
+    (grad,) = torch.autograd.grad(scores.sum(), xi, allow_unused=True)
+    if grad is None:
+        grad = torch.zeros_like(xi)
+    return grad.detach(), target
+
+
+def clean_target(
+    model: nn.Module, x: torch.Tensor, target: TargetLike, batch_size: int
+) -> tuple[Target, torch.Tensor]:
+    """Resolve ``target`` on the clean images (no gradient); return it with the clean scores ``(N,)``.
+
+    The caller provides the context (:func:`netvis.hooks.eval_session`). At most ``batch_size`` images
+    go through the model at once.
+    """
+    n = x.shape[0]
+    with torch.no_grad():
+        chunks = [model(x[i : i + batch_size].clone()) for i in range(0, n, batch_size)]
+        if callable(target) and not isinstance(target, torch.Tensor):
+            resolved = Target(fn=target)
+            sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+            scores = torch.cat([resolved.scores(o, m) for o, m in zip(chunks, sizes, strict=True)])
+            return resolved, scores
+        for out in chunks:
+            _check_class_outputs(out)
+        outputs = torch.cat(chunks)
+        resolved = resolve_target(target, outputs, n)
+        return resolved, resolved.scores(outputs, n)

@@ -1,0 +1,231 @@
+"""Occlusion sensitivity (Zeiler & Fergus 2014): the class score as a grey patch slides over the image."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from contextlib import ExitStack
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netvis.hooks import eval_session
+from netvis.saliency._common import TargetLike, check_images, check_model, clean_target
+
+__all__ = ["occlusion", "occlusion_grid_size"]
+
+Fill = Literal["mean", "channel_mean"] | float | torch.Tensor
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints (kh, kw), got {value!r}")
+    if min(pair) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def occlusion_grid_size(
+    image_size: tuple[int, int],
+    window: int | tuple[int, int] = 8,
+    stride: int | tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    r"""The shape ``(H', W')`` of an occlusion map: :math:`H' = \lfloor (H - k_h) / s_h \rfloor + 1`.
+
+    Args:
+        image_size: ``(H, W)``.
+        window: patch size ``k`` or ``(k_h, k_w)``.
+        stride: step ``s`` or ``(s_h, s_w)``; ``None`` means ``max(k // 2, 1)`` per dimension.
+    """
+    (kh, kw), (sh, sw) = _window_and_stride(window, stride)
+    h, w = image_size
+    if kh > h or kw > w:
+        raise ValueError(f"the occlusion window {kh}x{kw} is larger than the image {h}x{w}")
+    return (h - kh) // sh + 1, (w - kw) // sw + 1
+
+
+def _window_and_stride(
+    window: int | tuple[int, int], stride: int | tuple[int, int] | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    kh, kw = _pair(window, "window")
+    if stride is None:
+        return (kh, kw), (max(kh // 2, 1), max(kw // 2, 1))
+    return (kh, kw), _pair(stride, "stride")
+
+
+def _fill_values(fill: Fill, x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """The patch content per image, ``(N, C, 1, 1)`` when constant over the patch, else ``(N, C, kh, kw)``."""
+    n, c = x.shape[:2]
+    if isinstance(fill, str):
+        if fill == "mean":
+            return x.mean(dim=(1, 2, 3)).view(n, 1, 1, 1).expand(n, c, 1, 1)
+        if fill == "channel_mean":
+            return x.mean(dim=(2, 3)).view(n, c, 1, 1)
+        raise ValueError(f"fill must be 'mean', 'channel_mean', a number or a tensor, got {fill!r}")
+    if isinstance(fill, numbers.Real) and not isinstance(fill, bool):
+        return x.new_full((1, 1, 1, 1), float(fill)).expand(n, c, 1, 1)
+    if not isinstance(fill, torch.Tensor):
+        raise TypeError(
+            f"fill must be 'mean', 'channel_mean', a number or a tensor, got {type(fill).__name__}"
+        )
+    t = fill.detach().to(device=x.device, dtype=x.dtype)
+    if t.dim() > 4:
+        raise ValueError(f"a fill tensor has at most 4 dimensions (N, C, kh, kw), got shape {tuple(t.shape)}")
+    t = t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+    try:
+        ok = torch.broadcast_shapes(t.shape, (n, c, kh, kw)) == (n, c, kh, kw)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"a fill tensor must broadcast to the patch (C, kh, kw) = {(c, kh, kw)} or to (N, C, kh, kw) = "
+            f"{(n, c, kh, kw)}; got shape {tuple(fill.shape)}"
+        )
+    if t.shape[2] == 1 and t.shape[3] == 1:
+        return t.expand(n, c, 1, 1)
+    return t.expand(n, c, kh, kw)
+
+
+def _upsample(maps: torch.Tensor, size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]):
+    """Average, for each pixel, the map values of the windows that cover it; NaN where none does."""
+    n, hp, wp = maps.shape
+    blocks = maps.reshape(n, 1, hp * wp).expand(n, window[0] * window[1], hp * wp)
+    total = F.fold(blocks, output_size=size, kernel_size=window, stride=stride)
+    count = F.fold(torch.ones_like(blocks[:1]), output_size=size, kernel_size=window, stride=stride)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))[:, 0]
+
+
+def occlusion(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: TargetLike = None,
+    *,
+    window: int | tuple[int, int] = 8,
+    stride: int | tuple[int, int] | None = None,
+    fill: Fill = "mean",
+    output: Literal["score", "drop"] = "score",
+    upsample: bool = False,
+    batch_size: int = 256,
+    progress: bool = False,
+    precision: Literal["fp32", "bf16"] = "fp32",
+) -> torch.Tensor:
+    r"""Occlusion sensitivity map: the class score while a patch of the image is hidden.
+
+    For each grid position :math:`(i, j)` a copy of image :math:`x` has the :math:`k_h \times k_w` patch
+    whose top-left corner is :math:`(i s_h, j s_w)` replaced by the fill value :math:`v`, and the map holds
+    the target's score for that copy:
+
+    .. math::
+        M_{ij} = f_c\big(x \odot (1 - P_{ij}) + v \, P_{ij}\big), \qquad
+        i < H' = \lfloor (H - k_h) / s_h \rfloor + 1,\; j < W' = \lfloor (W - k_w) / s_w \rfloor + 1,
+
+    where :math:`P_{ij}` is 1 on the patch (all channels) and 0 elsewhere. Low values mark the regions
+    the class depends on. With ``output="drop"`` the map holds :math:`f_c(x) - M_{ij}` instead (high =
+    important). Positions whose window would cross the right or bottom border are not evaluated.
+
+    From Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014.
+
+    The fill value is, by default, the mean of the image over all its pixels and channels (one number per
+    image), as in the lecture's pseudo-code; ``fill="channel_mean"`` uses one mean per channel, and a
+    number or a tensor broadcastable to the patch ``(C, kh, kw)`` (or ``(N, C, kh, kw)``) is used as is
+    (e.g. ``0.0`` for a black patch on unnormalised images).
+
+    The target is resolved once on the clean images (``None``: each image's predicted class). All
+    positions run under ``torch.no_grad`` with the model in eval mode, in forward passes of at most
+    ``batch_size`` occluded images (positions of several images may share a pass); the result does not
+    depend on ``batch_size`` beyond floating-point rounding. A callable target is called on the outputs
+    of each pass and must score each row independently.
+
+    Args:
+        model: a classifier mapping ``(N, C, H, W)`` images to ``(N, num_classes)`` scores.
+        x: images ``(N, C, H, W)``.
+        target: ``None``, an int, ``N`` ints or a callable ``outputs -> (M,) scores``.
+        window: patch size ``k`` or ``(k_h, k_w)``.
+        stride: step ``s`` or ``(s_h, s_w)``; ``None`` means ``max(k // 2, 1)`` per dimension.
+        fill: ``"mean"``, ``"channel_mean"``, a number or a tensor, as above.
+        output: ``"score"`` (the occluded score) or ``"drop"`` (clean score minus occluded score).
+        upsample: return an ``(N, H, W)`` map in which each pixel holds the average of the values of all
+            windows that cover it. Pixels covered by no window (a strip at the right/bottom border when
+            ``(H - k_h)`` is not a multiple of ``s_h``, or gaps when the stride exceeds the window) are NaN:
+            there is no evidence about them. ``torch.nan_to_num`` replaces them; netvis's renderers show
+            them transparent.
+        batch_size: the most images per forward pass.
+        progress: show a progress bar over the forward passes.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast to bfloat16, plus channels-last inputs on CUDA);
+            the map's dtype does not change.
+
+    Returns:
+        ``(N, H', W')``, or ``(N, H, W)`` with ``upsample=True``, on ``x``'s device (float32, or float64
+        for float64 inputs).
+
+    Raises:
+        ValueError: window larger than the image, window or stride below 1, bad target, wrong input rank.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        ...                       nn.Linear(4, 10))
+        >>> occlusion(model, torch.rand(2, 3, 32, 32), window=8, stride=4).shape
+        torch.Size([2, 7, 7])
+    """
+    check_model(model)
+    check_images(x)
+    (kh, kw), (sh, sw) = _window_and_stride(window, stride)
+    n, _, h, w = x.shape
+    hp, wp = occlusion_grid_size((h, w), (kh, kw), (sh, sw))
+    if output not in ("score", "drop"):
+        raise ValueError(f"output must be 'score' or 'drop', got {output!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    x = x.detach()
+    fills = _fill_values(fill, x, kh, kw)
+    channels_last = precision != "fp32" and x.device.type == "cuda"
+
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+
+    positions = hp * wp
+    total = n * positions
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    scores = torch.empty(total, device=x.device, dtype=dtype)
+    rows_y = torch.arange(h, device=x.device)
+    cols_x = torch.arange(w, device=x.device)
+    with ExitStack() as stack:
+        stack.enter_context(eval_session(model, grad=False))
+        if precision == "bf16":
+            stack.enter_context(torch.autocast(device_type=x.device.type, dtype=torch.bfloat16))
+        resolved, clean = clean_target(model, prepare(x), target, batch_size)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = stack.enter_context(tqdm(total=total, desc="occlusion", unit="img"))
+        for f0 in range(0, total, batch_size):
+            f = torch.arange(f0, min(f0 + batch_size, total), device=x.device)
+            image, pos = f // positions, f % positions
+            top, left = (pos // wp) * sh, (pos % wp) * sw
+            in_rows = (rows_y >= top[:, None]) & (rows_y < top[:, None] + kh)  # (B, H)
+            in_cols = (cols_x >= left[:, None]) & (cols_x < left[:, None] + kw)  # (B, W)
+            patch = in_rows[:, None, :, None] & in_cols[:, None, None, :]  # (B, 1, H, W)
+            if fills.shape[2] == 1:
+                values = fills[image]  # (B, C, 1, 1)
+            else:  # the patch content, placed at each window's position
+                ry = (rows_y - top[:, None]).clamp(0, kh - 1)
+                cx = (cols_x - left[:, None]).clamp(0, kw - 1)
+                values = fills[image[:, None, None], :, ry[:, :, None], cx[:, None, :]].permute(0, 3, 1, 2)
+            batch = torch.where(patch, values, x[image])
+            out = model(prepare(batch))
+            scores[f0 : f0 + len(f)] = resolved.scores(out, len(f), rows=image).to(dtype)
+            if bar is not None:
+                bar.update(len(f))
+    maps = scores.view(n, hp, wp)
+    if output == "drop":
+        maps = clean.to(dtype).view(n, 1, 1) - maps
+    if upsample:
+        maps = _upsample(maps, (h, w), (kh, kw), (sh, sw))
+    return maps

@@ -1,0 +1,78 @@
+"""The lecture report and ``netvis demo`` on a tiny checkpoint trained in the test."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from netvis.cli import main
+from netvis.data import load
+from netvis.render.lecture import lecture_report
+from netvis.render.report import Report
+from netvis.train import TrainConfig, train
+from netvis.train.checkpoint import load_checkpoint
+from netvis.train.evaluate import evaluate, with_preprocess
+
+TINY = dict(model="resnet20_cifar", data="fashion-mnist-sample", epochs=1, batch_size=32, limit_train=96,
+            limit_test=32, model_options={"stage_channels": (4, 4, 8)}, progress=False, device="cpu", lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = train(TrainConfig(out=str(out), **TINY))
+    return load_checkpoint(result.checkpoint), out
+
+
+def test_report_escapes_text_and_writes_one_file(tmp_path):
+    report = Report("a <title>")
+    report.section("S & T").text("<script>alert(1)</script>").table(["a<b"], [["<i>"]])
+    path = report.write(tmp_path)
+    html = path.read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;" in html
+    assert "a &lt;title&gt;" in html and "&lt;i&gt;" in html
+    assert [p.name for p in tmp_path.iterdir()] == ["index.html"]
+
+
+def test_lecture_report_sections_and_numbers(tiny_checkpoint, tmp_path):
+    ckpt, run_dir = tiny_checkpoint
+    train_data = with_preprocess(load("fashion-mnist-sample", "train"), ckpt.preprocess).subset(range(64))
+    test_data = with_preprocess(load("fashion-mnist-sample", "test"), ckpt.preprocess).subset(range(40))
+    state = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
+
+    report, summary = lecture_report(ckpt, train_data, test_data, run_dir=run_dir)
+    html = report.write(tmp_path).read_text()
+
+    titles = [s.title for s in report.sections]
+    assert titles == ["The model", "Batch normalization", "ResNet and DenseNet", "Saliency: where the model looks"]
+    # Every figure is embedded (self-contained) and decodes as PNG.
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 4
+    # The accuracy reported is the accuracy of the model on those images.
+    expected = evaluate(ckpt.model, test_data).accuracy
+    assert summary["model"]["accuracy"] == pytest.approx(expected)
+    assert summary["model"]["test_images"] == 40
+    assert summary["batchnorm"]["bn_layers"] == sum(isinstance(m, torch.nn.BatchNorm2d) for m in ckpt.model.modules())
+    assert "11,689,512" in html  # resnet18's parameter count, netvis and torchvision
+    # The report changed nothing in the model (recalibration works on a copy).
+    for key, value in ckpt.model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert not ckpt.model.training
+
+
+def test_demo_command_writes_the_report(tiny_checkpoint, tmp_path, monkeypatch):
+    ckpt, _ = tiny_checkpoint
+    import netvis.demo as demo
+
+    real_load = demo.load
+    monkeypatch.setattr(demo, "load", lambda name, split: real_load(name, split).subset(range(24)))
+    result = CliRunner().invoke(main, ["demo", "--checkpoint", str(ckpt.path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "report:" in result.output
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["model"]["test_images"] == 24
+    assert (tmp_path / "r" / "index.html").stat().st_size > 10_000
