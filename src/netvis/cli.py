@@ -47,7 +47,7 @@ def demo_command(out: str, train_first: bool, epochs: int, checkpoint: str) -> N
 @main.command("train")
 @click.option("--model", help="Model (`netvis models`), e.g. resnet20_cifar; required unless --resume.")
 @click.option("--data", help="Data set name (fashion-mnist, fashion-mnist-sample, cifar10) or folder.")
-@click.option("--epochs", type=int, help="Total epochs (default 10).")
+@click.option("--epochs", type=int, help="Total epochs; required unless --resume.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--batch-size", type=int, help="Global batch size (default 128).")
 @click.option("--lr", type=float, help="Peak learning rate (default 0.1 for sgd, 1e-3 for adam).")
@@ -84,7 +84,9 @@ def train_command(out: str, resume: bool, no_eval: bool, model_options: tuple[st
     from netvis.data import DataError
     from netvis.train import CheckpointError, TrainConfig, parse_model_option, resume_config, train
 
-    given = {key: value for key, value in options.items() if value is not None and value is not False}
+    given = {key: value for key, value in options.items() if value is not None}
+    if not given.get("sync_bn"):
+        given.pop("sync_bn", None)
     try:
         if model_options:
             given["model_options"] = dict(parse_model_option(text) for text in model_options)

@@ -1,0 +1,29 @@
+"""The local web viewer: ``netvis serve CHECKPOINT`` (see ``docs/viewer.md``).
+
+* :class:`Viewer` -- a checkpoint, a data set, a disk cache and a queue of background jobs (dataset
+  examples, filter visualizations, saliency, inversion), independent of the web framework;
+* :func:`create_app` -- the Starlette application over a viewer (JSON API, the page, pictures);
+* :func:`run_server` -- load, print the address, serve with uvicorn (loopback only unless told otherwise).
+"""
+
+from netvis.serve.app import HostGuard, allowed_host_headers, create_app, run_server
+from netvis.serve.cache import Cache, FileRefused, resolve_inside
+from netvis.serve.jobs import Job, JobCancelled, JobQueue
+from netvis.serve.viewer import SALIENCY_METHODS, UploadError, Viewer, ViewerError
+
+__all__ = [
+    "SALIENCY_METHODS",
+    "Cache",
+    "FileRefused",
+    "HostGuard",
+    "Job",
+    "JobCancelled",
+    "JobQueue",
+    "UploadError",
+    "Viewer",
+    "ViewerError",
+    "allowed_host_headers",
+    "create_app",
+    "resolve_inside",
+    "run_server",
+]

@@ -1,0 +1,693 @@
+"""What the web viewer computes: a checkpoint, a data set, a disk cache and a queue of background jobs.
+
+:class:`Viewer` is independent of the web framework: :mod:`netvis.serve.app` only parses requests and
+calls it. Every computation is a job (see :mod:`netvis.serve.jobs`) whose result is cached on disk under
+the checkpoint's hash and the job's parameters:
+
+======================  ========================================================================================
+kind                    computes
+======================  ========================================================================================
+``examples``            :func:`netvis.features.dataset_examples` of one layer over the data, with each
+                        example's receptive-field box (:func:`netvis.features.receptive_field`)
+``filters``             :func:`netvis.features.filter_visualization` (guided backprop of one channel) on the
+                        channel's top examples
+``saliency``            every method of :data:`netvis.saliency.METHODS` for one image and one class
+``inversion``           :func:`netvis.inversion.invert` of one image at one layer, with progress per evaluation
+======================  ========================================================================================
+
+The model is shared: every use of it holds :attr:`Viewer.model_lock` (forward hooks and guided-ReLU modes
+of two threads must not meet), except inversion, which runs on its own deep copy so that a long
+optimisation does not hold up the other pages.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from netvis.saliency import METHODS
+from netvis.serve.cache import Cache, default_cache_dir, file_sha256, params_key
+from netvis.serve.jobs import Job, JobQueue
+
+__all__ = ["UploadError", "Viewer", "ViewerError", "SALIENCY_METHODS"]
+
+Progress = Callable[..., None]
+
+MAX_K = 64
+MAX_STEPS = 1000
+DEFAULT_K = 16
+DEFAULT_FILTERS = 8
+DEFAULT_STEPS = 60
+DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+SALIENCY_METHODS: tuple[str, ...] = tuple(METHODS)
+"""The saliency methods the viewer shows, in page order: all of :data:`netvis.saliency.METHODS`."""
+
+
+class ViewerError(ValueError):
+    """A request the viewer cannot serve (unknown layer, channel out of range, ...): HTTP ``status``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UploadError(ViewerError):
+    """An upload is refused: 413 (too large) or 415 (not an image)."""
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """PNG of a ``uint8`` array ``(H, W)``, ``(H, W, 3)`` or ``(C, H, W)`` with ``C`` 1 or 3."""
+    from PIL import Image
+
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _unit_to_uint8(x: np.ndarray) -> np.ndarray:
+    return (np.clip(np.nan_to_num(x), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def signed_picture(grad: Tensor) -> np.ndarray:
+    """A signed ``(C, H, W)`` gradient as ``uint8`` pixels: 0 is mid-grey, ``±max|g|`` black/white."""
+    g = grad.detach().float().cpu()
+    scale = float(g.abs().max())
+    unit = 0.5 + 0.5 * g / scale if scale > 0 else torch.full_like(g, 0.5)
+    return _unit_to_uint8(unit.numpy())
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _Counted(nn.Module):
+    """Calls ``tick()`` before every forward pass of ``model`` (used to report inversion progress)."""
+
+    def __init__(self, model: nn.Module, tick: Callable[[], None]) -> None:
+        super().__init__()
+        self.model = model
+        self._tick = tick
+
+    def forward(self, x: Tensor) -> Any:
+        self._tick()
+        return self.model(x)
+
+
+class Viewer:
+    """A checkpoint and a data set, ready to be browsed.
+
+    Args:
+        checkpoint: A checkpoint file, a run folder, a shipped name (see :func:`netvis.load_checkpoint`) or
+            a loaded :class:`netvis.train.checkpoint.Checkpoint` (its ``path`` must exist).
+        data: A data set name or folder (:func:`netvis.data.load`) or an in-memory netvis data set
+            (with ``images``, ``targets`` and ``classes``); default: the data the checkpoint was trained on.
+        split: The split to browse.
+        cache: The cache folder; default ``RUN_DIR/.netvis-cache`` when ``checkpoint`` is a run folder,
+            else ``~/.cache/netvis/serve``.
+        limit: Use only the first ``limit`` images of the split.
+        workers: Background worker threads.
+        device: Where the model runs (``"cpu"``, ``"cuda"``, ``"auto"``).
+        max_upload_bytes: Largest accepted upload.
+        max_upload_pixels: Largest accepted upload in pixels (width times height).
+    """
+
+    def __init__(
+        self,
+        checkpoint: Any,
+        *,
+        data: Any = None,
+        split: str = "test",
+        cache: str | os.PathLike | None = None,
+        limit: int | None = None,
+        workers: int = 2,
+        device: str = "cpu",
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+        max_upload_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        from netvis.train.checkpoint import Checkpoint, load_checkpoint
+
+        if isinstance(checkpoint, Checkpoint):
+            ckpt = checkpoint
+            if ckpt.path is None or not Path(ckpt.path).is_file():
+                raise ValueError("a loaded checkpoint needs its file (ckpt.path) for the cache key")
+        else:
+            ckpt = load_checkpoint(checkpoint)
+        self.checkpoint = ckpt
+        self.checkpoint_hash = file_sha256(ckpt.path)
+        if cache is None:
+            run_dir = Path(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else None
+            cache = run_dir / ".netvis-cache" if run_dir is not None and run_dir.is_dir() else default_cache_dir()
+        self.cache = Cache(cache, self.checkpoint_hash)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model: nn.Module = ckpt.model.to(self.device).eval()
+        self.model_lock = threading.Lock()
+
+        dataset, self.data_name = self._load_data(data, split, ckpt)
+        images = getattr(dataset, "images", None)
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(
+                f"the viewer needs a data set held in memory as uint8 images (N, C, H, W); {self.data_name} has "
+                "none (for an image folder, pass one whose images share one size, or resize them)"
+            )
+        targets = torch.as_tensor(getattr(dataset, "targets", torch.zeros(len(images), dtype=torch.int64)))
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"limit must be at least 1, got {limit}")
+            images, targets = images[:limit], targets[:limit]
+        if len(images) == 0:
+            raise ValueError(f"{self.data_name} has no images")
+        self.images = images.cpu().contiguous()
+        self.targets = targets.cpu()
+        self.split = split
+        self.data_classes = [str(c) for c in getattr(dataset, "classes", ckpt.classes)]
+        self.preprocess = ckpt.preprocess if ckpt.preprocess is not None else getattr(dataset, "preprocess", None)
+        if self.preprocess is None:
+            raise ValueError("neither the checkpoint nor the data set records a preprocess for uint8 images")
+        self.data_hash = hashlib.sha256(self.images.numpy().tobytes()).hexdigest()[:16]
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.max_upload_pixels = int(max_upload_pixels)
+        probe = self.preprocess(self.images[:1])
+        self.input_shape = tuple(int(s) for s in probe.shape[1:])
+        self.layers = self._layer_table(probe)
+        self._layer_index = {layer["name"]: layer for layer in self.layers}
+        self.jobs = JobQueue(workers=workers)
+        self._data_png = lru_cache(maxsize=8192)(self._render_data_png)
+
+    # ------------------------------------------------------------------------------------------------
+    # set-up
+
+    @staticmethod
+    def _load_data(data: Any, split: str, ckpt: Any) -> tuple[Any, str]:
+        from netvis.data import load
+
+        if data is None:
+            name = (ckpt.meta.get("data") or {}).get("name")
+            if not name:
+                raise ValueError("the checkpoint records no data set; pass data= (--data)")
+            return load(name, split), f"{name}:{split}"
+        if isinstance(data, (str, os.PathLike)):
+            return load(data, split), f"{os.fspath(data)}:{split}"
+        return data, getattr(data, "name", None) or type(data).__name__
+
+    def _layer_table(self, probe: Tensor) -> list[dict[str, Any]]:
+        """Every named module whose single output per forward pass is a ``(N, C, ...)`` tensor."""
+        from netvis.hooks import capture_activation, eval_session
+
+        names = [name for name, _ in self.model.named_modules() if name]
+        with self.model_lock, ExitStack() as stack:
+            captures = {name: stack.enter_context(capture_activation(self.model, name)) for name in names}
+            with eval_session(self.model, grad=False):
+                self.model(probe.to(self.device))
+            table = []
+            for name in names:
+                outputs = captures[name].outputs
+                if len(outputs) != 1 or not isinstance(outputs[0], Tensor) or not 2 <= outputs[0].dim() <= 4:
+                    continue
+                module = self.model.get_submodule(name)
+                shape = [int(s) for s in outputs[0].shape[1:]]
+                table.append({
+                    "name": name,
+                    "type": type(module).__name__,
+                    "shape": shape,
+                    "channels": shape[0],
+                    "depth": name.count("."),
+                    "leaf": not any(True for _ in module.children()),
+                })
+        return table
+
+    def close(self) -> None:
+        """Stop the background jobs (running ones stop at their next progress report)."""
+        self.jobs.shutdown(wait=False)
+
+    # ------------------------------------------------------------------------------------------------
+    # information
+
+    def info(self) -> dict[str, Any]:
+        """What the model page shows: the checkpoint, its classes and metrics, the data and the layers."""
+        meta = self.checkpoint.meta
+        final = meta.get("final_metrics") or {}
+        metrics = {k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        from netvis.saliency import default_layer
+
+        try:
+            cam_layer = default_layer(self.model)
+        except (ValueError, TypeError):
+            cam_layer = None
+        return {
+            "checkpoint": str(self.checkpoint.path),
+            "checkpoint_hash": self.checkpoint_hash[:16],
+            "model": (meta.get("model") or {}).get("name", type(self.model).__name__),
+            "model_options": {k: str(v) for k, v in ((meta.get("model") or {}).get("options") or {}).items()},
+            "epoch": meta.get("epoch"),
+            "metrics": metrics,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "classes": list(self.checkpoint.classes),
+            "data": {"name": self.data_name, "images": len(self.images), "classes": self.data_classes,
+                     "image_shape": list(self.images.shape[1:])},
+            "input_shape": list(self.input_shape),
+            "layers": self.layers,
+            "methods": list(SALIENCY_METHODS),
+            "cam_layer": cam_layer,
+            "limits": {"k": MAX_K, "steps": MAX_STEPS, "upload_bytes": self.max_upload_bytes,
+                       "upload_pixels": self.max_upload_pixels},
+            "defaults": {"k": DEFAULT_K, "filters": DEFAULT_FILTERS, "steps": DEFAULT_STEPS},
+        }
+
+    def data_items(self, offset: int = 0, limit: int = 48) -> dict[str, Any]:
+        """A page of the data set: index, label and picture URL of each image."""
+        offset = max(0, int(offset))
+        limit = min(max(1, int(limit)), 500)
+        items = []
+        for index in range(offset, min(offset + limit, len(self.images))):
+            label = int(self.targets[index])
+            items.append({"index": index, "label": label, "class": self._data_class(label),
+                          "ref": f"sample:{index}", "url": f"/api/data/{index}.png"})
+        return {"total": len(self.images), "offset": offset, "items": items}
+
+    def _data_class(self, label: int) -> str:
+        return self.data_classes[label] if 0 <= label < len(self.data_classes) else str(label)
+
+    def data_png(self, index: int) -> bytes:
+        """PNG of data image ``index`` at its stored size."""
+        if not 0 <= index < len(self.images):
+            raise ViewerError(f"no image {index}: the data has images 0..{len(self.images) - 1}", 404)
+        return self._data_png(index)
+
+    def _render_data_png(self, index: int) -> bytes:
+        return png_bytes(self.images[index].numpy())
+
+    # ------------------------------------------------------------------------------------------------
+    # images: data samples and uploads
+
+    def add_upload(self, data: bytes) -> dict[str, Any]:
+        """Decode, check and store an uploaded image; returns its id, reference and URL.
+
+        The image is decoded with Pillow (after ``verify()``), converted to the data's channels and resized
+        to the data's image size, and stored as PNG under the SHA-256 of that PNG.
+
+        Raises:
+            UploadError: 413 when larger than the byte or pixel limit, 415 when Pillow cannot decode it.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        if len(data) > self.max_upload_bytes:
+            raise UploadError(f"upload too large: {len(data)} bytes (at most {self.max_upload_bytes})", 413)
+        if not data:
+            raise UploadError("empty upload: send the bytes of a PNG, JPEG, GIF, BMP or WebP image", 415)
+        not_image = (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, EOFError)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                fmt = image.format
+                width, height = image.size
+                if width * height > self.max_upload_pixels:
+                    raise UploadError(f"image too large: {width} x {height} pixels (at most "
+                                      f"{self.max_upload_pixels} pixels)", 413)
+                image.verify()
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                picture = self._conform(image)
+        except Image.DecompressionBombError as exc:
+            raise UploadError(f"image too large: {exc}", 413) from None
+        except UploadError:
+            raise
+        except not_image as exc:
+            raise UploadError(
+                f"not an image netvis can read ({type(exc).__name__}: {exc}); upload a PNG, JPEG, GIF, BMP or "
+                "WebP file", 415,
+            ) from None
+        png = png_bytes(picture)
+        image_id = hashlib.sha256(png).hexdigest()[:16]
+        self.cache.store_upload(image_id, png)
+        return {"id": image_id, "ref": f"upload:{image_id}", "url": f"/api/images/{image_id}.png",
+                "format": fmt, "original_size": [width, height], "size": list(picture.shape[-2:])}
+
+    def _conform(self, image: Any) -> np.ndarray:
+        """A PIL image as ``uint8 (C, H, W)`` with the data's channels and size."""
+        from PIL import Image, ImageOps
+
+        channels, height, width = (int(s) for s in self.images.shape[1:])
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255)) if channels == 3 else \
+                Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+            image = Image.alpha_composite(background, rgba)
+        image = image.convert("L" if channels == 1 else "RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        array = np.asarray(image, dtype=np.uint8)
+        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+    def upload_png(self, image_id: str) -> Path:
+        """The stored PNG of an upload."""
+        if not _UPLOAD_ID.match(image_id):
+            raise ViewerError("no such image", 404)
+        path = self.cache.upload_path(image_id)
+        if not path.is_file():
+            raise ViewerError("no such image", 404)
+        return path
+
+    def check_ref(self, ref: Any) -> str:
+        """Validate an image reference: ``sample:N`` (data image ``N``) or ``upload:<id>``."""
+        if not isinstance(ref, str):
+            raise ViewerError("image must be a string: sample:N or upload:<id>")
+        kind, _, value = ref.partition(":")
+        if kind == "sample":
+            if not value.isdigit() or not 0 <= int(value) < len(self.images):
+                raise ViewerError(f"{ref!r}: the data has images sample:0..sample:{len(self.images) - 1}")
+            return f"sample:{int(value)}"
+        if kind == "upload":
+            if not _UPLOAD_ID.match(value) or not self.cache.upload_path(value).is_file():
+                raise ViewerError(f"{ref!r}: no such uploaded image (upload it first)")
+            return ref
+        raise ViewerError(f"{ref!r}: expected sample:N or upload:<id>")
+
+    def image(self, ref: str) -> Tensor:
+        """The ``uint8 (C, H, W)`` pixels of a (checked) reference."""
+        kind, _, value = self.check_ref(ref).partition(":")
+        if kind == "sample":
+            return self.images[int(value)]
+        from PIL import Image
+
+        with Image.open(self.cache.upload_path(value)) as picture:
+            return torch.from_numpy(self._conform(picture).copy())
+
+    def _inputs(self, images: Tensor) -> Tensor:
+        """``uint8 (N, C, H, W)`` to model inputs on the model's device."""
+        return self.preprocess(images).to(self.device)
+
+    def _display(self, x: Tensor) -> np.ndarray:
+        """Model inputs ``(1, C, H, W)`` back to ``[0, 1]`` pixels ``(C, H, W)`` for overlays."""
+        x = x.detach().cpu().float()
+        if hasattr(self.preprocess, "denormalize"):
+            return self.preprocess.denormalize(x)[0].clamp(0, 1).numpy()
+        lo, hi = x.amin(), x.amax()
+        return ((x[0] - lo) / (hi - lo).clamp_min(1e-12)).numpy()
+
+    # ------------------------------------------------------------------------------------------------
+    # jobs
+
+    def layer(self, name: Any) -> dict[str, Any]:
+        """The layer-table entry of ``name`` (a dotted module name)."""
+        if not isinstance(name, str) or name not in self._layer_index:
+            raise ViewerError(f"unknown layer {name!r}; see /api/model for the layers")
+        return self._layer_index[name]
+
+    @staticmethod
+    def _int(value: Any, what: str, low: int, high: int, default: int | None = None) -> int:
+        if value is None and default is not None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ViewerError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+        return value
+
+    def submit(self, request: dict[str, Any]) -> Job:
+        """Validate a job request (a JSON object with ``kind``) and queue it (or find it done or cached).
+
+        Raises:
+            ViewerError: an unknown kind or a bad parameter (the message says which).
+        """
+        if not isinstance(request, dict):
+            raise ViewerError("a job request is a JSON object with a 'kind'")
+        kind = request.get("kind")
+        builders = {"examples": self._examples_job, "filters": self._filters_job,
+                    "saliency": self._saliency_job, "inversion": self._inversion_job}
+        if kind not in builders:
+            raise ViewerError(f"unknown job kind {kind!r}; expected one of {', '.join(builders)}")
+        params, fn = builders[kind](request)
+        key = params_key({"kind": kind, "data": self.data_hash, **params})
+        return self.jobs.submit(kind, key, lambda progress: fn(progress, key), params=params,
+                                cached=self.cache.load(kind, key))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """A job's status, progress and (when done) result."""
+        snapshot = self.jobs.get(job_id)
+        if snapshot is None:
+            raise ViewerError(f"no job {job_id!r}", 404)
+        return snapshot
+
+    # examples -----------------------------------------------------------------------------------------
+
+    def _examples_params(self, request: dict[str, Any]) -> dict[str, Any]:
+        layer = self.layer(request.get("layer"))["name"]
+        k = self._int(request.get("k"), "k", 1, MAX_K, DEFAULT_K)
+        reduce = request.get("reduce", "mean")
+        if reduce not in ("mean", "max"):
+            raise ViewerError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+        return {"layer": layer, "k": k, "reduce": reduce}
+
+    def _examples_job(self, request: dict[str, Any]):
+        params = self._examples_params(request)
+        return params, lambda progress, key: self._examples(params, progress, key)
+
+    def examples(self, layer: str, k: int = DEFAULT_K, reduce: str = "mean",
+                 progress: Progress | None = None) -> dict[str, Any]:
+        """The examples result of a layer, from the cache or computed now (in the calling thread)."""
+        params = self._examples_params({"layer": layer, "k": k, "reduce": reduce})
+        key = params_key({"kind": "examples", "data": self.data_hash, **params})
+        cached = self.cache.load("examples", key)
+        if cached is not None:
+            return cached
+        return self._examples(params, progress or (lambda *a, **kw: None), key)
+
+    def _examples(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
+        from netvis.features import dataset_examples, receptive_field
+
+        layer, total = params["layer"], len(self.images)
+        seen = 0
+
+        def transform(batch: Tensor) -> Tensor:
+            nonlocal seen
+            progress(0.9 * seen / total, f"{seen} of {total} images")
+            seen += batch.shape[0]
+            return self.preprocess(batch).to(self.device)
+
+        progress(0.0, f"0 of {total} images")
+        with self.model_lock:
+            result = dataset_examples(self.model, layer, self.images, k=params["k"], reduce=params["reduce"],
+                                      batch_size=128, transform=transform,
+                                      meta={"data": self.data_name, "checkpoint": self.checkpoint_hash[:16]})
+            progress(0.92, "receptive fields")
+            boxes = receptive_field(self.model, layer, self.input_shape)
+        regions = result.regions(boxes)
+        result.save(self.cache.folder("examples", key) / "examples.pt")
+        units = []
+        for c in range(result.channels):
+            indices = result.indices[c].tolist()
+            units.append({
+                "channel": c,
+                "values": [round(float(v), 6) for v in result.values[c].tolist()],
+                "indices": indices,
+                "labels": [int(self.targets[i]) for i in indices],
+                "boxes": regions[c].tolist(),
+            })
+        out = {
+            "layer": layer, "k": result.k, "reduce": result.reduce, "channels": result.channels,
+            "num_images": result.num_images, "feature_shape": list(result.feature_shape),
+            "input_size": list(self.input_shape[1:]), "units": units,
+        }
+        return self.cache.store("examples", key, out)
+
+    # filters --------------------------------------------------------------------------------------------
+
+    def _filters_job(self, request: dict[str, Any]):
+        examples = self._examples_params(request)
+        entry = self.layer(examples["layer"])
+        channel = self._int(request.get("channel"), "channel", 0, entry["channels"] - 1)
+        n = self._int(request.get("n"), "n", 1, examples["k"], min(DEFAULT_FILTERS, examples["k"]))
+        params = {**examples, "channel": channel, "n": n}
+        return params, lambda progress, key: self._filters(params, progress, key)
+
+    def _filters(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
+        from netvis.features import filter_visualization
+
+        progress(0.05, "dataset examples")
+        examples = self.examples(params["layer"], params["k"], params["reduce"],
+                                 progress=lambda f, m=None: progress(0.05 + 0.5 * f, m))
+        unit = examples["units"][params["channel"]]
+        indices = unit["indices"][: params["n"]]
+        progress(0.6, "guided backprop")
+        x = self._inputs(self.images[indices])
+        with self.model_lock:
+            vis = filter_visualization(self.model, x, params["layer"], params["channel"], guided=True)
+        items = []
+        for i, index in enumerate(indices):
+            url = self.cache.write_file("filters", key, f"filter_{i:03d}.png", png_bytes(signed_picture(vis.grad[i])))
+            items.append({"index": index, "value": unit["values"][i], "label": unit["labels"][i],
+                          "url": url, "image_url": f"/api/data/{index}.png",
+                          "box": [int(v) for v in vis.crop_boxes[i].tolist()],
+                          "score": float(vis.score[i])})
+        out = {"layer": params["layer"], "channel": params["channel"], "input_size": list(self.input_shape[1:]),
+               "items": items}
+        return self.cache.store("filters", key, out)
+
+    # saliency -------------------------------------------------------------------------------------------
+
+    def _saliency_job(self, request: dict[str, Any]):
+        ref = self.check_ref(request.get("image"))
+        target = request.get("target")
+        if target is not None:
+            target = self._int(target, "target", 0, len(self.checkpoint.classes) - 1)
+        methods = request.get("methods")
+        if methods is None:
+            methods = list(SALIENCY_METHODS)
+        if not isinstance(methods, list) or not methods or any(m not in SALIENCY_METHODS for m in methods):
+            raise ViewerError(f"methods must be a non-empty list from {', '.join(SALIENCY_METHODS)}")
+        methods = [m for m in SALIENCY_METHODS if m in methods]
+        params: dict[str, Any] = {"image": ref, "target": target, "methods": methods}
+        if ref.startswith("sample:"):
+            params["label"] = int(self.targets[int(ref.split(":")[1])])
+        return params, lambda progress, key: self._saliency(params, progress, key)
+
+    def saliency_options(self, method: str) -> dict[str, Any]:
+        """The options the viewer passes to a saliency method for this model's input size."""
+        from netvis.saliency import default_layer
+
+        height, width = self.input_shape[1:]
+        if method == "occlusion":
+            window = max(2, min(height, width) // 5)
+            return {"window": window, "stride": max(1, window // 3), "output": "drop", "upsample": True}
+        if method in ("grad-cam", "guided-grad-cam"):
+            return {"layer": default_layer(self.model)}
+        if method == "smoothgrad":
+            return {"generator": 0}
+        return {}
+
+    def _saliency(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
+        from netvis.hooks import eval_session
+        from netvis.render.figures import map_to_array, overlay_array
+
+        x = self._inputs(self.image(params["image"])[None])
+        with self.model_lock, eval_session(self.model, grad=False):
+            scores = self.model(x).float()
+        probabilities = scores.softmax(dim=1)[0].cpu()
+        predicted = int(probabilities.argmax())
+        target = predicted if params["target"] is None else params["target"]
+        picture = self._display(x)
+        maps = []
+        methods = params["methods"]
+        for i, method in enumerate(methods):
+            progress(i / len(methods), method)
+            start = time.perf_counter()
+            try:
+                with self.model_lock:
+                    saliency = METHODS[method](self.model, x, target, **self.saliency_options(method))
+            except Exception as exc:  # reported on the page; the other methods still show
+                maps.append({"method": method, "error": f"{type(exc).__name__}: {exc}",
+                             "seconds": round(time.perf_counter() - start, 4)})
+                continue
+            seconds = time.perf_counter() - start
+            saliency = saliency.detach().float().cpu()[0]
+            blended = overlay_array(picture, saliency, alpha=0.5)
+            heat = map_to_array(saliency, size=tuple(self.input_shape[1:]))
+            maps.append({
+                "method": method,
+                "url": self.cache.write_file("saliency", key, f"{method}.png", png_bytes(_unit_to_uint8(blended))),
+                "map_url": self.cache.write_file("saliency", key, f"{method}-map.png",
+                                                 png_bytes(_unit_to_uint8(heat))),
+                "seconds": round(seconds, 4),
+            })
+        classes = list(self.checkpoint.classes)
+        out = {
+            "image": params["image"], "target": target, "target_class": classes[target],
+            "predicted": predicted, "predicted_class": classes[predicted],
+            "probabilities": [round(float(p), 6) for p in probabilities], "classes": classes,
+            "label": params.get("label"), "maps": maps,
+        }
+        if any("error" in m for m in maps):
+            return out  # shown, but not cached: the next request tries the failed methods again
+        return self.cache.store("saliency", key, out)
+
+    # inversion ------------------------------------------------------------------------------------------
+
+    def _inversion_job(self, request: dict[str, Any]):
+        ref = self.check_ref(request.get("image"))
+        layer = self.layer(request.get("layer"))["name"]
+        steps = self._int(request.get("steps"), "steps", 1, MAX_STEPS, DEFAULT_STEPS)
+        tv_weight = request.get("tv_weight", 0.05)
+        if isinstance(tv_weight, bool) or not isinstance(tv_weight, (int, float)) or not 0 <= tv_weight <= 100:
+            raise ViewerError(f"tv_weight must be a number in [0, 100], got {tv_weight!r}")
+        optimizer = request.get("optimizer", "lbfgs")
+        if optimizer not in ("lbfgs", "adam", "sgd"):
+            raise ViewerError(f"optimizer must be lbfgs, adam or sgd, got {optimizer!r}")
+        params = {"image": ref, "layer": layer, "steps": steps, "tv_weight": float(tv_weight),
+                  "optimizer": optimizer, "seed": 0}
+        return params, lambda progress, key: self._inversion(params, progress, key)
+
+    def _inversion(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
+        from netvis.inversion import invert, pixel_bounds
+
+        x = self._inputs(self.image(params["image"])[None])
+        with self.model_lock:
+            model = copy.deepcopy(self.model)  # a private copy: a long optimisation holds no lock
+        steps = params["steps"]
+        expected = steps * (1.6 if params["optimizer"] == "lbfgs" else 1.0) + 2
+        evaluations = 0
+
+        def tick() -> None:
+            nonlocal evaluations
+            evaluations += 1
+            progress(min(0.99, evaluations / expected), f"{evaluations} evaluations")
+
+        progress(0.0, "starting")
+        counted = _Counted(model, tick)
+        module = model.get_submodule(params["layer"])
+        result = invert(counted, x, module, steps=steps, tv_weight=params["tv_weight"],
+                        optimizer=params["optimizer"], seed=params["seed"],
+                        bounds=pixel_bounds(self.preprocess, x.shape[1]))
+        target_url = self.cache.write_file("inversion", key, "target.png",
+                                           png_bytes(_unit_to_uint8(self._display(x))))
+        url = self.cache.write_file("inversion", key, "inversion.png",
+                                    png_bytes(_unit_to_uint8(self._display(result.image))))
+        curve = result.feature_errors
+        stride = max(1, len(curve) // 100)
+        out = {
+            "image": params["image"], "layer": params["layer"], "steps": result.steps, "n_evals": result.n_evals,
+            "error": float(result.error), "initial_error": float(result.initial_error),
+            "feature_errors": [float(e) for e in curve[::stride]], "target_url": target_url, "url": url,
+        }
+        return self.cache.store("inversion", key, out)
+
+
+def check_bind(host: str, allow_remote: bool) -> None:
+    """Refuse a non-loopback address unless ``allow_remote``."""
+    if not _is_loopback(host) and not allow_remote:
+        raise ValueError(
+            f"refusing to listen on {host}: the viewer has no authentication, so it binds to 127.0.0.1 by "
+            "default; pass --allow-remote to serve it to the network"
+        )
+
