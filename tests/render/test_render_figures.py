@@ -100,6 +100,8 @@ def test_method_grid(tmp_path):
         assert im.size[0] > im.size[1]
     single = method_grid(images[0], {"gradient": maps["gradient"][0]}, overlay=False)
     assert len(single.axes) == 2 and single.axes[0].get_title() == "image"
+    one = method_grid(images[0], {"gradient": maps["gradient"][0]}, target=torch.tensor(2), class_names="abc")
+    assert one.axes[0].get_title() == "target: c"
     with pytest.raises(ValueError, match="holds 1 maps for 2 images"):
         method_grid(images, {"gradient": torch.rand(1, 16, 16)})
     with pytest.raises(ValueError, match="maps is empty"):

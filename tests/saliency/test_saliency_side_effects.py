@@ -108,3 +108,16 @@ def test_grads_of_parameters_that_had_none_stay_none():
     for name in NAMES:
         run(name, model, torch.rand(1, 3, 8, 8), 0)
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_equals_images_one_by_one(name):
+    model = small_cnn(classes=5)
+    x = torch.rand(3, 3, 8, 8)
+    targets = [4, 0, 2]
+    extra = {"generator": torch.Generator().manual_seed(1)} if name == "smoothgrad" else {}
+    batch = run(name, model, x, targets, **extra)
+    shared = {"generator": torch.Generator().manual_seed(1)} if name == "smoothgrad" else {}
+    for b in range(3):  # smoothgrad: the images draw their noise one after the other from one generator
+        single = run(name, model, x[b : b + 1], targets[b], **shared)
+        torch.testing.assert_close(batch[b : b + 1], single, rtol=1e-5, atol=1e-6)

@@ -222,7 +222,7 @@ def method_grid(
     *,
     scores: ArrayLike | None = None,
     class_names: Sequence[str] | None = None,
-    target: int | Sequence[int] | None = None,
+    target: int | Sequence[int] | torch.Tensor | None = None,
     cmap: str | Colormap = "jet",
     alpha: float = 0.5,
     overlay: bool = True,
@@ -268,6 +268,8 @@ def method_grid(
         if score_rows is None:
             raise ValueError(f"scores of shape {tuple(s.shape)} do not split over {n} images")
     targets: list[int | None]
+    if isinstance(target, torch.Tensor | np.ndarray):
+        target = target.tolist()
     if target is None:
         targets = [None] * n
     elif isinstance(target, int | np.integer):

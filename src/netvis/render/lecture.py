@@ -7,6 +7,7 @@ report, the demo and the viewer share them.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,20 @@ EXPLAIN = {
         "incoming gradient are positive (Springenberg et al., <i>Striving for Simplicity: The All "
         "Convolutional Net</i>, 2015). Grad-CAM weights a layer's maps by their average gradient "
         "(Selvaraju et al., <i>Grad-CAM</i>, ICCV 2017)."
+    ),
+    "features": (
+        "Dataset examples: the k images of the data that most activate a unit (here the spatial mean of a "
+        "channel), with the region the unit sees outlined (Zeiler &amp; Fergus 2014; Girshick et al. 2014). "
+        "Beside them, the unit's filter visualization: the guided-backprop gradient of "
+        "<span class='math'>(n<sub>1</sub> + &hellip; + n<sub>k</sub>)<sup>2</sup></span>, the squared sum "
+        "of the unit's activations, with respect to its top image (Springenberg et al. 2015)."
+    ),
+    "inversion": (
+        "Model inversion reconstructs an image from its representation alone: minimise "
+        "<span class='math'>&Vert;&Phi;(x) &minus; &Phi;(x<sub>0</sub>)&Vert;<sup>2</sup> / "
+        "&Vert;&Phi;(x<sub>0</sub>)&Vert;<sup>2</sup> + &lambda; TV<sub>&beta;</sub>(x)</span> over the "
+        "image x with L-BFGS. Shallow layers keep nearly everything; deep layers keep what the class needs "
+        "(Mahendran &amp; Vedaldi, <i>Understanding Deep Image Representations by Inverting Them</i>, CVPR 2015)."
     ),
 }
 
@@ -224,6 +239,81 @@ def section_saliency(report: Report, ckpt, test_data, *, n_images: int = 4, wind
     return {"saliency_images": int(x.shape[0]), "saliency_methods": list(maps)}
 
 
+def _stage_layers(model: nn.Module) -> list[str]:
+    """Names of the model's top-level stages that hold convolutions, in order (e.g. layer1..layer3)."""
+    names = []
+    for name, child in model.named_children():
+        if any(isinstance(m, nn.Conv2d) for m in child.modules()) and not isinstance(child, nn.Conv2d):
+            names.append(name)
+    return names
+
+
+def section_features(report: Report, ckpt, test_data, *, layer: str | None = None, channels: int = 4, k: int = 8):
+    """Dataset examples of a few channels beside guided-backprop visualizations of the same units."""
+    from netvis.features import dataset_examples, filter_visualization, receptive_field
+    from netvis.render.features import display_images, examples_grid
+
+    model = ckpt.model
+    stages = _stage_layers(model)
+    layer = layer or (stages[len(stages) // 2] if stages else None)
+    if layer is None:
+        raise ValueError("the model has no convolutional stage to show dataset examples for")
+    sec = report.section("What units respond to: dataset examples and filter visualization", EXPLAIN["features"])
+    result = dataset_examples(model, layer, test_data, k=k)
+    # The channels with the strongest top activations are the most legible.
+    chosen = result.values[:, 0].argsort(descending=True)[:channels].tolist()
+    x0 = test_data[0][0]
+    boxes = result.regions(receptive_field(model, layer, tuple(x0.shape)))
+    for c in chosen:
+        idx = result.indices[c]
+        images = display_images(test_data, idx)
+        captions = [f"{v:.2f}" for v in result.values[c].tolist()]
+        grid = examples_grid(images, boxes[c], captions, columns=k, scale=3,
+                             title=f"{layer} channel {c}: top {k} of {len(test_data)} images")
+        top = test_data[int(idx[0])][0].unsqueeze(0)
+        vis = filter_visualization(model, top, layer, c, guided=True).grad[0]
+        fig = Figure(figsize=(4.4, 2.2))
+        axes = fig.subplots(1, 2)
+        axes[0].imshow(images[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
+        axes[0].set_title("top image", fontsize=8)
+        g = vis.abs().amax(dim=0)
+        axes[1].imshow(g.numpy(), cmap="inferno")
+        axes[1].set_title("guided backprop of (sum n)^2", fontsize=8)
+        for ax in axes:
+            ax.axis("off")
+        buf = io.BytesIO()
+        grid.save(buf, format="PNG")
+        sec.image_bytes(buf.getvalue(), f"Dataset examples of {layer}, channel {c} (activation under each).")
+        sec.figure(fig, f"Filter visualization of {layer}, channel {c}, on its top image.")
+    return {"layer": layer, "channels": chosen, "k": k}
+
+
+def section_inversion(report: Report, ckpt, test_data, *, steps: int = 60, index: int = 0):
+    """Reconstructions of one image from each stage, shallow to deep."""
+    from netvis.inversion import invert
+
+    model = ckpt.model
+    sec = report.section("Model inversion: what a layer keeps", EXPLAIN["inversion"])
+    stages = _stage_layers(model)
+    x0 = test_data[index][0].unsqueeze(0)
+    results = invert(model, x0, layers=stages, steps=steps, seed=0)
+    fig = Figure(figsize=(2.1 * (len(stages) + 1), 2.4))
+    axes = fig.subplots(1, len(stages) + 1)
+    axes[0].imshow(x0[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
+    axes[0].set_title("original", fontsize=9)
+    rows = []
+    for ax, name in zip(axes[1:], stages, strict=True):
+        r = results[name]
+        ax.imshow(r.image[0].detach().permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
+        ax.set_title(f"from {name}\nerror {r.error:.3f}", fontsize=9)
+        rows.append([name, f"{r.initial_error:.3f}", f"{r.error:.4f}", r.n_evals])
+    for ax in axes:
+        ax.axis("off")
+    sec.figure(fig, "The same image reconstructed from the features of each stage (L-BFGS, TV prior).")
+    sec.table(["layer", "feature error at start", "feature error at end", "function evaluations"], rows)
+    return {"layers": stages, "errors": [results[n].error for n in stages]}
+
+
 def lecture_report(ckpt, train_data, test_data, *, run_dir: str | Path | None = None,
                    progress: bool = False, title: str = "netvis: network visualization") -> tuple[Report, dict]:
     """Build the whole lecture's report for ``ckpt`` on ``train_data``/``test_data``.
@@ -238,6 +328,8 @@ def lecture_report(ckpt, train_data, test_data, *, run_dir: str | Path | None = 
         ("batchnorm", lambda: section_batchnorm(report, ckpt.model, train_data, test_data, progress=progress)),
         ("architectures", lambda: section_architectures(report)),
         ("saliency", lambda: section_saliency(report, ckpt, test_data)),
+        ("features", lambda: section_features(report, ckpt, test_data)),
+        ("inversion", lambda: section_inversion(report, ckpt, test_data)),
     ]
     from tqdm.auto import tqdm
 

@@ -88,6 +88,7 @@ _IN_PLACE_FUNCTIONS.update({
 })
 _DROPOUT_FUNCTIONS = set(_existing(F, "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
                                    "feature_alpha_dropout"))
+_PARAMETER_FUNCTIONS = {F.batch_norm, F.prelu, torch.prelu, _netvis_check_input}
 _CAT_FUNCTIONS = set(_existing(torch, "cat", "concat", "concatenate"))
 _CONV_FUNCTIONS = {F.conv2d, torch.conv2d}
 _MAX_POOL_FUNCTIONS = set(_existing(F, "max_pool2d")) | set(_existing(torch, "max_pool2d"))
@@ -197,6 +198,7 @@ class Step:
     local: Local | None = None
     linear_macs: int = 0
     inputs: list[torch.fx.Node] = field(default_factory=list)
+    crop_consts: set[torch.fx.Node] = field(default_factory=set)
 
 
 @dataclass
@@ -436,7 +438,7 @@ def _classify(step: Step, program: Program, model: nn.Module) -> None:
                 if isinstance(program.values[n], torch.Tensor):
                     step.kind = "global"  # a per-position tensor (e.g. a gate): everything changes
                     return
-            elif n not in program.dependent and _spatial_const(program.values[n]):
+            elif n not in program.dependent and _broadcasts(step) and _spatial_const(program.values[n]):
                 value = program.values[n]
                 ok = tuple(value.shape[-2:]) == program.regions[node][1:] and value.dim() <= 4 and (
                     value.dim() < 4 or value.shape[0] == 1
@@ -445,6 +447,7 @@ def _classify(step: Step, program: Program, model: nn.Module) -> None:
                     step.kind = "unknown"
                     step.label += " (with a constant tensor that varies over the map)"
                     return
+                step.crop_consts.add(n)  # read on each position's box, like the maps
         step.kind = "elementwise"
         return
     local = _local(step, model, program)
@@ -459,6 +462,11 @@ def _classify(step: Step, program: Program, model: nn.Module) -> None:
         step.kind = "global"
         return
     step.kind = "unknown"
+
+
+def _broadcasts(step: Step) -> bool:
+    """Whether the step's tensor arguments broadcast against each other (not parameters like BN's statistics)."""
+    return not (step.op == "call_function" and step.fn in _PARAMETER_FUNCTIONS) and step.op != "call_module"
 
 
 def _shape_query(step: Step) -> bool:

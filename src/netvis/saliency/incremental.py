@@ -37,6 +37,7 @@ import math
 import numbers
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,6 +71,11 @@ AUTO_MIN_MACS = 2e9
 
 class IncrementalFallbackWarning(UserWarning):
     """The incremental occlusion engine could not run a model and used batched re-inference instead."""
+
+
+_WARNED: weakref.WeakKeyDictionary[nn.Module, set[str]] = weakref.WeakKeyDictionary()
+"""The fallback reasons already reported for each model (so that each is reported once per model); weak
+references only, nothing is stored on the model."""
 
 
 @dataclass
@@ -136,7 +142,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 7, data_range: float
         1.0
     """
     if a.shape != b.shape or a.dim() not in (2, 3):
-        raise ValueError(f"ssim needs two maps of one shape (H, W) or (N, H, W); got {tuple(a.shape)}, {tuple(b.shape)}")
+        raise ValueError(
+            f"ssim needs two maps of one shape (H, W) or (N, H, W); got {tuple(a.shape)}, {tuple(b.shape)}"
+        )
     if window < 3 or window % 2 == 0:
         raise ValueError(f"window must be odd and >= 3, got {window}")
     single = a.dim() == 2
@@ -301,7 +309,7 @@ class _Engine:
             elif kind == "elementwise":
                 box = plan.boxes[node]
 
-                def arg(n: torch.fx.Node, node: torch.fx.Node = node, box: Any = box) -> Any:
+                def arg(n: torch.fx.Node, node: torch.fx.Node = node, box: Any = box, step: Any = step) -> Any:
                     if n in program.regions:
                         if plan.same_box[(node, n)]:
                             return values[n]
@@ -311,15 +319,10 @@ class _Engine:
                         return self.read(n, values[n], state, top, left, box.h, box.w)
                     if n in program.dependent:
                         return values[n]
-                    value = program.values[n]
-                    if isinstance(value, torch.Tensor) and value.dim() >= 1 and (
-                        value.shape[-1] != 1 or (value.dim() >= 2 and value.shape[-2] != 1)
-                    ):
-                        if box.full:
-                            return value
+                    if n in step.crop_consts and not box.full:
                         top, left = box_offsets(node)
                         return self._const_on_box(n, state, top, left, box.h, box.w)
-                    return value
+                    return program.values[n]
 
                 values[node] = step.fn(*_map(step.args, arg), **_map(step.kwargs, arg))
             elif kind == "local":
@@ -329,14 +332,14 @@ class _Engine:
                 x = self.read(src, values[src], state, top[position], left[position], crop.h, crop.w, crop.pads,
                               crop.value, crop.contains_input)
                 values[node] = step.local.run(x)
-            elif kind == "shape":
-                def shape_arg(n: torch.fx.Node) -> Any:
+            elif kind == "shape":  # sizes from the shape alone; the device from the tensor itself
+                real = step.op == "call_function" and step.args[1] in ("device", "is_cuda")
+
+                def shape_arg(n: torch.fx.Node, real: bool = real) -> Any:
                     if n in program.regions:
                         v = values[n]
                         c, height, width = program.regions[n]
-                        if step.op == "call_function" and step.args[1] == "device":
-                            return v
-                        return torch.empty((b, c, height, width), dtype=v.dtype, device="meta")
+                        return v if real else torch.empty((b, c, height, width), dtype=v.dtype, device="meta")
                     return values[n] if n in program.dependent else program.values[n]
 
                 values[node] = step.fn(*_map(step.args, shape_arg), **_map(step.kwargs, shape_arg))
@@ -454,7 +457,7 @@ def incremental_occlusion(
 
     When the model cannot be traced by ``torch.fx``, has forward hooks, or applies an operation the
     engine does not know to a partly changed map, the map is computed by batched re-inference and an
-    :class:`IncrementalFallbackWarning` says why (Python shows it once per model and reason).
+    :class:`IncrementalFallbackWarning` says why (once per model and reason).
 
     Args:
         model: a classifier mapping ``(N, C, H, W)`` images to ``(N, num_classes)`` scores.
@@ -594,12 +597,13 @@ def run_occlusion(
                     maps = _upsample(maps, (h, w), (kh, kw), (sh, sw))
 
     if maps is None:
-        if engine == "incremental":
+        if engine == "incremental" and reason not in _WARNED.setdefault(model, set()):
+            _WARNED[model].add(reason)
             warnings.warn(
                 f"netvis: incremental occlusion of {type(model).__name__} falls back to batched re-inference: "
                 f"{reason}",
                 IncrementalFallbackWarning,
-                stacklevel=1,  # one location: Python's default filter shows each model/reason once
+                stacklevel=3,
             )
         from netvis.saliency.occlusion import occlusion
 

@@ -111,6 +111,7 @@ def occlusion(
     batch_size: int = 256,
     progress: bool = False,
     precision: Literal["fp32", "bf16"] = "fp32",
+    engine: Literal["auto", "batched", "incremental"] = "auto",
 ) -> torch.Tensor:
     r"""Occlusion sensitivity map: the class score while a patch of the image is hidden.
 
@@ -156,6 +157,12 @@ def occlusion(
         progress: show a progress bar over the forward passes.
         precision: ``"fp32"`` or ``"bf16"`` (autocast to bfloat16, plus channels-last inputs on CUDA);
             the map's dtype does not change.
+        engine: ``"batched"`` re-runs the model on every occluded image; ``"incremental"`` runs the clean
+            image once and recomputes in each layer only the region the window can reach (same map up to
+            rounding, see :func:`netvis.saliency.incremental.incremental_occlusion`; it falls back to
+            ``"batched"`` with a warning for models it cannot trace); ``"auto"`` picks ``"incremental"``
+            where it saves work (fp32, the model traces, the window is small relative to the image and
+            the job is large), else ``"batched"``.
 
     Returns:
         ``(N, H', W')``, or ``(N, H, W)`` with ``upsample=True``, on ``x``'s device (float32, or float64
@@ -182,6 +189,14 @@ def occlusion(
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if engine not in ("auto", "batched", "incremental"):
+        raise ValueError(f"engine must be 'auto', 'batched' or 'incremental', got {engine!r}")
+    if engine != "batched":
+        from netvis.saliency.incremental import run_occlusion
+
+        return run_occlusion(model, x, target, window=(kh, kw), stride=(sh, sw), fill=fill, output=output,
+                             upsample=upsample, batch_size=batch_size, progress=progress, precision=precision,
+                             engine=engine)
     x = x.detach()
     fills = _fill_values(fill, x, kh, kw)
     channels_last = precision != "fp32" and x.device.type == "cuda"
