@@ -5,6 +5,8 @@ Each command calls the library and hands results to :mod:`netvis.render`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -136,6 +138,38 @@ def evaluate_command(checkpoint: str, data: str | None, split: str, batch_size: 
     except (ValueError, CheckpointError, DataError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(result.format())
+
+
+_SALIENCY_METHODS = ["occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
+                     "grad-cam", "guided-grad-cam"]
+
+
+@main.command("saliency")
+@click.argument("checkpoint")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--method", "methods", multiple=True, type=click.Choice(_SALIENCY_METHODS),
+              help="Method to run; repeat for several (default: occlusion, gradient, guided-backprop, grad-cam).")
+@click.option("--target", help="Class index or name (default: each image's predicted class).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local state_dict for torchvision:NAME models.")
+@click.option("--window", type=click.IntRange(min=1), help="Occlusion window (default 8).")
+@click.option("--stride", type=click.IntRange(min=1), help="Occlusion stride (default window // 2).")
+@click.option("--layer", help="Layer for Grad-CAM (dotted name; default the last convolutional stage).")
+@click.option("--progress/--no-progress", default=True)
+def saliency_command(checkpoint: str, images: tuple[str, ...], methods: tuple[str, ...], target: str | None,
+                     out: str, weights: str | None, window: int | None, stride: int | None, layer: str | None,
+                     progress: bool) -> None:
+    """Saliency maps for IMAGES (files or sample:N) under CHECKPOINT (a checkpoint or torchvision:NAME)."""
+    from netvis.saliency.run import run_saliency
+
+    chosen = list(methods) or ["occlusion", "gradient", "guided-backprop", "grad-cam"]
+    report = (lambda msg: click.echo(msg, err=True)) if progress else None
+    try:
+        written = run_saliency(checkpoint, images, chosen, out, target=target, weights=weights, window=window,
+                               stride=stride, layer=layer, progress=report)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {len(written)} files to {Path(out).resolve()}")
 
 
 @main.command("invert")

@@ -1,0 +1,192 @@
+"""Saliency on files, with files written: what ``netvis saliency`` runs.
+
+* :func:`load_classifier` turns ``CHECKPOINT`` into a model, its preprocess and class names: a netvis
+  checkpoint (a path or a shipped name such as ``fashion-mnist-small``), or ``torchvision:NAME`` with
+  optional local weights (``--weights PATH``; nothing is downloaded).
+* :func:`run_saliency` computes the chosen methods for each image and writes, per image and method, an
+  overlay (PNG) and the raw map (``.npy``), plus one side-by-side grid per image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from netvis.data import Preprocess
+from netvis.inversion.run import load_target
+from netvis.render.figures import method_grid, overlay, save_figure
+from netvis.saliency import METHODS, default_layer
+
+__all__ = ["Classifier", "load_classifier", "run_saliency"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Classifier:
+    """A model ready for saliency: ``model`` (eval, CPU), ``preprocess`` (images to inputs), ``classes``."""
+
+    model: nn.Module
+    preprocess: Any
+    classes: list[str]
+    name: str
+
+
+def load_classifier(spec: str, weights: str | os.PathLike | None = None) -> Classifier:
+    """Load ``spec``: a netvis checkpoint (path or shipped name) or ``torchvision:NAME``.
+
+    Args:
+        spec: ``torchvision:resnet18`` (any name ``torchvision.models.get_model`` knows) or a checkpoint.
+        weights: for ``torchvision:`` models, a local ``state_dict`` file (``torch.save``); without it the
+            weights are random (useful to test a pipeline, not to explain a decision).
+
+    Raises:
+        ValueError: an unknown torchvision model, or ``weights`` given for a netvis checkpoint.
+        netvis.train.checkpoint.CheckpointError: a missing, corrupt or mismatched checkpoint or weights file.
+    """
+    if spec.startswith("torchvision:"):
+        import torchvision
+
+        name = spec.split(":", 1)[1]
+        available = torchvision.models.list_models()
+        if name not in available:
+            import difflib
+
+            close = difflib.get_close_matches(name, available, n=4)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ValueError(f"torchvision has no model {name!r}.{hint}")
+        model = torchvision.models.get_model(name, weights=None)
+        if weights is not None:
+            from netvis.train.checkpoint import CheckpointError
+
+            path = Path(weights)
+            if not path.is_file():
+                raise CheckpointError(f"weights file {str(path)!r} does not exist")
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(f"cannot read weights file {str(path)!r}: {exc}") from exc
+            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+                state = state["state_dict"]
+            try:
+                model.load_state_dict(state)
+            except (RuntimeError, TypeError) as exc:
+                raise CheckpointError(f"weights file {str(path)!r} does not fit torchvision's {name}: {exc}") from exc
+        try:
+            categories = torchvision.models.get_model_weights(name).DEFAULT.meta["categories"]
+        except Exception:  # models without published weights metadata
+            categories = None
+        num = _num_outputs(model)
+        classes = list(categories) if categories and len(categories) == num else [str(i) for i in range(num)]
+        preprocess = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, size=224, channels=3)
+        return Classifier(model.eval(), preprocess, classes, spec)
+    if weights is not None:
+        raise ValueError("--weights applies to torchvision:NAME models; a netvis checkpoint holds its own weights")
+    from netvis.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(spec)
+    return Classifier(ckpt.model, ckpt.preprocess, list(ckpt.classes), spec)
+
+
+def _num_outputs(model: nn.Module) -> int:
+    last = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    return last.out_features if isinstance(last, nn.Linear) else last.out_channels
+
+
+def _target_index(target: str | None, classes: Sequence[str]) -> int | None:
+    """``None`` (predicted class), an index, or a class name (case-insensitive)."""
+    if target is None:
+        return None
+    if target.lstrip("-").isdigit():
+        return int(target)
+    lowered = [c.lower() for c in classes]
+    if target.lower() in lowered:
+        return lowered.index(target.lower())
+    raise ValueError(f"unknown class {target!r}; give an index 0..{len(classes) - 1} or one of: {', '.join(classes)}")
+
+
+def _method_options(name: str, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    if name == "occlusion":
+        return {k: options[k] for k in ("window", "stride", "batch_size") if options.get(k) is not None} | {
+            "output": "drop", "upsample": True}
+    if name in ("grad-cam", "guided-grad-cam"):
+        return {"layer": options.get("layer") or default_layer(model)}
+    if name == "smoothgrad":
+        return {"seed": options.get("seed", 0)}
+    return {}
+
+
+def run_saliency(
+    spec: str,
+    images: Sequence[str],
+    methods: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    target: str | None = None,
+    weights: str | os.PathLike | None = None,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> list[Path]:
+    """Compute ``methods`` for every image and write overlays, raw maps, grids and ``saliency.json``.
+
+    Args:
+        spec: the model (see :func:`load_classifier`).
+        images: image files (PNG, JPG, ...) or ``sample:N`` (test image ``N`` of the shipped sample).
+        methods: names from :data:`netvis.saliency.METHODS`.
+        out: output folder.
+        target: class index or name; default each image's predicted class.
+        weights: local weights for ``torchvision:`` models.
+        progress: called with a short message before each image and method.
+        **options: ``window``, ``stride``, ``batch_size`` (occlusion), ``layer`` (Grad-CAM), ``seed``.
+
+    Returns:
+        The paths written.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    clf = load_classifier(spec, weights)
+    target_index = _target_index(target, clf.classes)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    summary = []
+    for spec_image in images:
+        x = load_target(spec_image, clf.preprocess).float()
+        with torch.no_grad():
+            scores = clf.model(x).softmax(dim=1)[0]
+        cls = int(scores.argmax()) if target_index is None else target_index
+        stem = Path(spec_image.replace(":", "_")).stem
+        maps = {}
+        for name in methods:
+            if progress is not None:
+                progress(f"{spec_image}: {name}")
+            fn = METHODS[name]
+            result = fn(clf.model, x, cls, **_method_options(name, clf.model, options))[0]
+            maps[name] = result
+            raw = out / f"{stem}_{name}.npy"
+            np.save(raw, result.detach().cpu().numpy())
+            display = result.abs().amax(dim=0) if result.dim() == 3 else result
+            png = save_figure(overlay(x[0], display, mean=getattr(clf.preprocess, "mean", None),
+                                      std=getattr(clf.preprocess, "std", None),
+                                      title=f"{name}: {clf.classes[cls]}"), out / f"{stem}_{name}.png")
+            written += [raw, png]
+        grid = method_grid(x[0], {k: (v.abs().amax(dim=0) if v.dim() == 3 else v) for k, v in maps.items()},
+                           scores=scores, class_names=clf.classes, target=cls,
+                           mean=getattr(clf.preprocess, "mean", None), std=getattr(clf.preprocess, "std", None))
+        written.append(save_figure(grid, out / f"{stem}_grid.png"))
+        summary.append({"image": spec_image, "target": cls, "class": clf.classes[cls],
+                        "probability": float(scores[cls]), "methods": list(methods)})
+    path = out / "saliency.json"
+    path.write_text(json.dumps({"model": spec, "images": summary}, indent=2) + "\n")
+    written.append(path)
+    return written
