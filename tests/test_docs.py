@@ -1,4 +1,4 @@
-"""Every ```python block in docs/*.md runs, in order, one namespace per page, in a scratch folder."""
+"""Every ```python block in docs/*.md and README.md runs, in order, one namespace per page, in a scratch folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
-PAGES = sorted(DOCS.glob("*.md"))
+PAGES = sorted(DOCS.glob("*.md")) + [DOCS.parent / "README.md"]
 
 
 def test_docs_exist():

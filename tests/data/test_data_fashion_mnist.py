@@ -130,8 +130,8 @@ def test_sample_loads_with_its_own_training_statistics():
     train = load("fashion-mnist-sample")
     test = load("fashion-mnist-sample", "test")
     pixels = train.images.double() / 255
-    assert train.mean[0] == pytest.approx(pixels.mean().item(), abs=1e-12)
-    assert train.std[0] == pytest.approx(pixels.std(unbiased=False).item(), abs=1e-12)
+    assert train.mean[0] == pytest.approx(pixels.mean().item(), abs=1e-9)
+    assert train.std[0] == pytest.approx(pixels.std(unbiased=False).item(), abs=1e-9)
     assert test.mean == train.mean and test.std == train.std
     raw = load("fashion-mnist-sample", "test", normalize=False)
     assert raw.mean == train.mean  # reported, not applied
