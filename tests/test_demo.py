@@ -48,7 +48,11 @@ def test_lecture_report_sections_and_numbers(tiny_checkpoint, tmp_path):
     html = report.write(tmp_path).read_text()
 
     titles = [s.title for s in report.sections]
-    assert titles == ["The model", "Batch normalization", "ResNet and DenseNet", "Saliency: where the model looks"]
+    assert titles == ["The model", "Batch normalization", "ResNet and DenseNet", "Saliency: where the model looks",
+                      "What units respond to: dataset examples and filter visualization",
+                      "Model inversion: what a layer keeps"]
+    assert summary["inversion"]["layers"] == ["layer1", "layer2", "layer3"]
+    assert all(e < 1 for e in summary["inversion"]["errors"])
     # Every figure is embedded (self-contained) and decodes as PNG.
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(images) >= 4
