@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(VENV)/bin/netvis demo
 
+# One torch thread per test process: the tests run many small models, where a second thread only spins.
 test: venv
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
