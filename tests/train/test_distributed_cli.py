@@ -77,6 +77,7 @@ def test_train_and_evaluate_commands(tmp_path):
     resumed = runner.invoke(main, ["train", "--out", str(out), "--resume", "--no-progress"])
     assert resumed.exit_code == 0, resumed.output
     assert "epoch 2/2" in resumed.output
+    assert "%|" in result.output and "%|" not in resumed.output  # progress bars, then --no-progress
     assert read_checkpoint(out)[0]["epoch"] == 2
 
     evaluated = runner.invoke(main, ["evaluate", str(out / "checkpoint.pt"), "--limit", "40", "--no-progress"])

@@ -115,6 +115,8 @@ def test_config_validation_and_model_options():
         tiny(epochs=0)
     with pytest.raises(ValueError, match="trainable"):
         tiny(trainable="conv")
+    with pytest.raises(ValueError, match="not plain data"):
+        tiny(model_options={"norm_layer": torch.nn.BatchNorm2d})
     assert parse_model_option("stage_channels=(8, 16, 32)") == ("stage_channels", (8, 16, 32))
     assert parse_model_option("norm_layer=none") == ("norm_layer", "none")
     assert parse_model_option("zero_init_residual=True") == ("zero_init_residual", True)

@@ -18,7 +18,7 @@ from netvis.train.checkpoint import (
     strip_training_state,
 )
 from netvis.train.curves import plot_curves
-from netvis.train.evaluate import Evaluation, confusion_matrix, evaluate
+from netvis.train.evaluate import Evaluation, confusion_matrix, evaluate, evaluate_checkpoint, with_preprocess
 from netvis.train.trainer import TrainConfig, TrainResult, parse_model_option, resume_config, train
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "TrainResult",
     "confusion_matrix",
     "evaluate",
+    "evaluate_checkpoint",
     "export_checkpoint",
     "load_checkpoint",
     "parse_model_option",
@@ -40,4 +41,5 @@ __all__ = [
     "save_checkpoint",
     "strip_training_state",
     "train",
+    "with_preprocess",
 ]

@@ -27,6 +27,7 @@ def plot_curves(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     fig = Figure(figsize=(9, 3.6), layout="constrained")
@@ -43,6 +44,7 @@ def plot_curves(
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, style, label=split, markersize=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -13,7 +13,14 @@ from torch.utils.data import Dataset
 
 from netvis.train._batches import classes_of, iterate
 
-__all__ = ["Evaluation", "confusion_matrix", "evaluate", "autocast_context"]
+__all__ = [
+    "Evaluation",
+    "autocast_context",
+    "confusion_matrix",
+    "evaluate",
+    "evaluate_checkpoint",
+    "with_preprocess",
+]
 
 
 def confusion_matrix(predictions: Tensor, targets: Tensor, num_classes: int) -> Tensor:

@@ -179,6 +179,12 @@ class TrainConfig:
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if not isinstance(self.model_options, Mapping):
             raise ValueError(f"model_options must be a dict, got {type(self.model_options).__name__}")
+        for key, value in self.model_options.items():
+            if not _plain(value):
+                raise ValueError(
+                    f"model option {key}={value!r} is not plain data (str, number, bool, None or a tuple/list "
+                    "of those): a checkpoint must rebuild the model from its options without running code"
+                )
 
     @property
     def peak_lr(self) -> float:
@@ -201,6 +207,12 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {unknown}")
         return cls(**dict(data))
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return True
+    return isinstance(value, (list, tuple)) and all(_plain(v) for v in value)
 
 
 def _jsonable(value: Any) -> Any:
