@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,6 +184,19 @@ def test_mean_fill_and_two_images_on_a_torchvision_resnet():
     assert_same_map(incremental_occlusion(model, x, None, window=12, stride=12), ref)
 
 
+def test_trained_checkpoint_matches_batched():
+    """netvis's shipped Fashion-MNIST ResNet-20: trained weights, real images, maps with structure."""
+    import netvis
+    from netvis.data.fashion_mnist import load_idx_folder
+
+    ckpt = netvis.load_checkpoint("fashion-mnist-small")
+    sample = Path(netvis.__file__).parent / "assets" / "fashion-mnist-sample"
+    x = ckpt.preprocess(load_idx_folder(sample, "test").images[:2])
+    ref = batched(ckpt.model, x, None, window=4, stride=3, output="drop")
+    got = incremental_occlusion(ckpt.model, x, None, window=4, stride=3, output="drop")
+    assert_same_map(got, ref)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The box algebra
 # ----------------------------------------------------------------------------------------------------
@@ -264,6 +278,11 @@ def test_approximate_modes_report_ssim_and_tau_one_is_exact():
     assert report.ssim is not None and -1 <= report.ssim[0] < 1
     assert report.ssim[0] == pytest.approx(float(ssim(approx[0], exact[0])), abs=1e-6)
     assert report.max_abs_diff == pytest.approx(float((approx - exact).abs().max()), rel=1e-6)
+    drop, report = incremental_occlusion(model, x, 2, window=4, stride=2, tau=0.3, output="drop", report=True)
+    with torch.no_grad():
+        clean = model(x)[0, 2]
+    torch.testing.assert_close(drop, clean - approx, rtol=1e-5, atol=1e-5)
+    assert report.ssim[0] == pytest.approx(float(ssim(drop[0], clean - exact[0])), abs=1e-5)  # on the drop maps
 
 
 def test_drilldown_evaluates_the_coarse_grid_and_the_top_positions():

@@ -155,3 +155,28 @@ def test_progress_bar_runs(model, capsys):
 def test_clear_errors(model, options, message):
     with pytest.raises(ValueError, match=message):
         occlusion(model, torch.rand(1, 3, 12, 12), **options)
+
+
+def test_tensor_fill_feeds_contiguous_batches_to_models_that_view():
+    class ViewNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(2 * 6 * 6, 3)
+
+        def forward(self, x):
+            return self.fc(x.view(x.shape[0], -1))  # .view needs a contiguous input
+
+    gen = torch.Generator().manual_seed(0)
+    model = ViewNet().eval()
+    x = torch.randn(2, 2, 6, 6, generator=gen)
+    fill = torch.randn(2, 3, 3, generator=gen)  # a per-pixel patch content
+    got = occlusion(model, x, 1, window=3, stride=1, fill=fill, engine="batched")
+    expected = torch.empty(2, 4, 4)
+    with torch.no_grad():
+        for n in range(2):
+            for i in range(4):
+                for j in range(4):
+                    img = x[n : n + 1].clone()
+                    img[0, :, i : i + 3, j : j + 3] = fill
+                    expected[n, i, j] = model(img)[0, 1]
+    torch.testing.assert_close(got, expected)

@@ -27,6 +27,7 @@ from netvis.saliency._common import TargetLike, resolve_target
 from netvis.saliency.cam import default_layer, grad_cam, guided_grad_cam
 from netvis.saliency.gradient import gradient, integrated_gradients, quadrature, smoothgrad
 from netvis.saliency.guided import deconvnet, guided_backprop
+from netvis.saliency.incremental import IncrementalFallbackWarning, incremental_occlusion, ssim
 from netvis.saliency.occlusion import occlusion, occlusion_grid_size
 
 METHODS: dict[str, Callable[..., torch.Tensor]] = {
@@ -44,6 +45,7 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
 __all__ = [
     "METHODS",
     "GuidedReLUError",
+    "IncrementalFallbackWarning",
     "TargetLike",
     "deconvnet",
     "default_layer",
@@ -51,6 +53,7 @@ __all__ = [
     "gradient",
     "guided_backprop",
     "guided_grad_cam",
+    "incremental_occlusion",
     "integrated_gradients",
     "occlusion",
     "occlusion_grid_size",
@@ -58,4 +61,5 @@ __all__ = [
     "resolve_layer",
     "resolve_target",
     "smoothgrad",
+    "ssim",
 ]

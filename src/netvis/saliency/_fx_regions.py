@@ -100,7 +100,7 @@ _GLOBAL_FUNCTIONS = {
 }
 _ELEMENTWISE_METHODS = {
     *_POINTWISE_TORCH, "contiguous", "clone", "detach", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__",
-    "__rmul__", "__truediv__", "__rtruediv__", "__neg__", "relu6", "sigmoid", "hardtanh",
+    "__rmul__", "__truediv__", "__rtruediv__", "__neg__", "relu6", "sigmoid", "hardtanh", "float", "to", "type_as",
 }
 _GLOBAL_METHODS = {
     "view", "view_as", "reshape", "reshape_as", "flatten", "mean", "sum", "amax", "amin", "squeeze", "unsqueeze",

@@ -91,7 +91,8 @@ class OcclusionReport:
         macs_fraction: multiply-accumulates of the incremental plan (convolutions and linear layers) as a
             share of those of batched re-inference; ``None`` for the batched engine.
         seconds: wall time of the map (without the exact reference of ``ssim``).
-        ssim: for the approximate modes, the :func:`ssim` of each image's map against the exact map.
+        ssim: for the approximate modes with ``report=True``, the :func:`ssim` of each image's map (scores or
+            drops, as returned, before upsampling) against the exact map; ``None`` for maps under 3 x 3.
         max_abs_diff: for the approximate modes, the largest absolute difference to the exact map.
     """
 
@@ -570,8 +571,9 @@ def run_occlusion(
                 batched_macs = plan.macs_full * total
                 if engine == "auto" and (plan.macs_fraction > AUTO_MAX_MACS_FRACTION or batched_macs < AUTO_MIN_MACS):
                     reason = (
-                        f"auto: the incremental plan needs {plan.macs_fraction:.0%} of the multiply-accumulates "
-                        f"of {batched_macs:.2g}"
+                        f"auto: the incremental plan needs {plan.macs_fraction:.0%} of batched re-inference's "
+                        f"{batched_macs:.2g} multiply-accumulates (it runs at <= {AUTO_MAX_MACS_FRACTION:.0%} "
+                        f"of >= {AUTO_MIN_MACS:.2g})"
                     )
             if reason is None:
                 dtype = torch.promote_types(x.dtype, torch.float32)
@@ -585,12 +587,17 @@ def run_occlusion(
                     maps, info.positions = _drilldown(runner, n, hp, wp, factors, drilldown_fraction, clean.to(dtype))
                 info.seconds = time.perf_counter() - start
                 if report and approximate:
-                    exact_plan = plan_regions(program, tops, lefts, (kh, kw), None)
-                    exact_runner = _Runner(program, exact_plan, fills, (kh, kw), x.device, resolved, batch_size,
-                                           progress, dtype)
+                    exact_runner = runner if tau is None else _Runner(
+                        program, plan_regions(program, tops, lefts, (kh, kw), None), fills, (kh, kw), x.device,
+                        resolved, batch_size, progress, dtype)
                     exact = exact_runner.scores(*_all_pairs(n, hp * wp, x.device)).view(n, hp, wp)
-                    info.ssim = [float(v) for v in ssim(maps, exact).reshape(-1)] if min(hp, wp) >= 3 else None
                     info.max_abs_diff = float((maps - exact).abs().max())
+                    if min(hp, wp) >= 3:  # on the maps returned: scores or drops
+                        shown, reference = maps, exact
+                        if output == "drop":
+                            base = clean.to(dtype).view(n, 1, 1)
+                            shown, reference = base - maps, base - exact
+                        info.ssim = [float(v) for v in ssim(shown, reference).reshape(-1)]
                 if output == "drop":
                     maps = clean.to(dtype).view(n, 1, 1) - maps
                 if upsample:

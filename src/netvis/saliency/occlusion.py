@@ -202,7 +202,8 @@ def occlusion(
     channels_last = precision != "fp32" and x.device.type == "cuda"
 
     def prepare(batch: torch.Tensor) -> torch.Tensor:
-        return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+        # torch.where may return a strided view-like layout; models that call .view need contiguous inputs.
+        return batch.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     positions = hp * wp
     total = n * positions
