@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -389,6 +389,50 @@ def capture_activation(model: nn.Module, layer: nn.Module | str) -> Iterator[Act
 # ----------------------------------------------------------------------------------------------------
 
 Rule = Literal["guided", "deconv"]
+
+
+
+class StopForward(Exception):
+    """Raised by a :func:`capture_outputs` hook once every wanted layer has run, to skip the rest of the forward."""
+
+
+@contextmanager
+def capture_outputs(
+    modules: Mapping[str, nn.Module], store: dict[str, torch.Tensor], *, stop_early: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks that put each module's output in ``store[name]``; removed on exit, also on error.
+
+    A module called several times in one forward pass keeps its first output. With ``stop_early`` the
+    hook raises :class:`StopForward` once every module has run; the caller catches it around ``model(x)``.
+
+    Raises:
+        TypeError: (from the forward pass) a layer's output is not a single tensor.
+    """
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if name in store:
+                return None
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(
+                    f"layer {name!r} returned {type(output).__name__}, not a tensor; "
+                    "choose a layer whose output is a single tensor"
+                )
+            store[name] = output
+            if stop_early and len(store) == len(modules):
+                raise StopForward
+            return None
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class GuidedReLUError(RuntimeError):

@@ -1,14 +1,12 @@
 """Private helpers shared by the feature-visualization methods: layers, devices, capturing outputs.
 
-Model state (modes, flags, gradients, buffers) and guided ReLUs come from :mod:`netvis.hooks`; the one thing
-added here is :func:`capture`, forward hooks on several layers at once that can cut the forward pass short
-after the last of them. The hooks are removed in a ``finally`` block, also when the call raises.
+Model state (modes, flags, gradients, buffers), guided ReLUs and the output-capturing hooks
+(:func:`netvis.hooks.capture_outputs`, re-exported here as ``capture``) come from :mod:`netvis.hooks`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -66,41 +64,6 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-class StopForward(Exception):
-    """Raised by a capture hook once every wanted layer has run, to skip the rest of the forward pass."""
-
-
-@contextmanager
-def capture(
-    modules: Mapping[str, nn.Module], store: dict[str, torch.Tensor], *, stop_early: bool = False
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Forward hooks that put each module's output in ``store[name]``; removed on exit, also on error.
-
-    A module called several times in one forward pass keeps its first output. With ``stop_early`` the
-    hook raises :class:`StopForward` once every module has run (the caller catches it).
-    """
-    handles = []
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, args, output):
-            if name in store:
-                return None
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(
-                    f"layer {name!r} returned {type(output).__name__}, not a tensor; "
-                    "choose a layer whose output is a single tensor"
-                )
-            store[name] = output
-            if stop_early and len(store) == len(modules):
-                raise StopForward
-            return None
-
-        return hook
-
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(name)))
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
+# The capture hooks live with every other hook in netvis.hooks.
+StopForward = hooks.StopForward
+capture = hooks.capture_outputs

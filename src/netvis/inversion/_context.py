@@ -45,39 +45,6 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-class _StopForward(Exception):
-    """Raised by a capture hook once every wanted layer has run, to skip the rest of the forward pass."""
-
-
-@contextmanager
-def _capture_hooks(modules: Mapping[str, nn.Module], store: dict[str, torch.Tensor], stop_early: bool):
-    handles = []
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, args, output):
-            if name in store:  # a module reused in the forward pass: keep its first output
-                return None
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(
-                    f"layer {name!r} returned {type(output).__name__}, not a tensor; "
-                    "choose a layer whose output is a single tensor"
-                )
-            store[name] = output
-            if stop_early and len(store) == len(modules):
-                raise _StopForward
-            return None
-
-        return hook
-
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(name)))
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def layer_outputs(
     model: nn.Module, x: torch.Tensor, modules: Mapping[str, nn.Module], *, stop_early: bool = True
 ) -> dict[str, torch.Tensor]:
@@ -90,10 +57,10 @@ def layer_outputs(
         ValueError: a layer did not run during the forward pass.
     """
     store: dict[str, torch.Tensor] = {}
-    with _capture_hooks(modules, store, stop_early):
+    with hooks.capture_outputs(modules, store, stop_early=stop_early):
         try:
             model(x)
-        except _StopForward:
+        except hooks.StopForward:
             pass
     missing = [name for name in modules if name not in store]
     if missing:
