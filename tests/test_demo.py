@@ -80,3 +80,20 @@ def test_demo_command_writes_the_report(tiny_checkpoint, tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["model"]["test_images"] == 24
     assert (tmp_path / "r" / "index.html").stat().st_size > 10_000
+
+
+def test_report_command_on_a_run_folder_shows_its_curves(tiny_checkpoint, tmp_path):
+    _, run_dir = tiny_checkpoint
+    result = CliRunner().invoke(main, ["report", str(run_dir), "--data", "fashion-mnist-sample", "--limit", "24",
+                                       "--out", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "Training curves" in html
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["model"]["test_images"] == 24
+
+
+def test_report_command_names_a_missing_checkpoint(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0
+    assert "nope.pt" in result.output
+    assert not (tmp_path / "r").exists()

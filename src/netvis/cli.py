@@ -46,6 +46,26 @@ def demo_command(out: str, train_first: bool, epochs: int, checkpoint: str) -> N
     click.echo(f"report: {path.resolve()}")
 
 
+@main.command("report")
+@click.argument("checkpoint")
+@click.option("--data", default="fashion-mnist-sample", show_default=True,
+              help="Data set name or folder (train split for BN recalibration, test split for the rest).")
+@click.option("--out", default="netvis-report", show_default=True, type=click.Path(file_okay=False))
+@click.option("--limit", type=click.IntRange(min=1), help="Use at most this many images of each split.")
+@click.option("--progress/--no-progress", default=True)
+def report_command(checkpoint: str, data: str, out: str, limit: int | None, progress: bool) -> None:
+    """A self-contained HTML report of the lecture for CHECKPOINT (a file, run folder or shipped name)."""
+    from netvis.data import DataError
+    from netvis.demo import write_report
+    from netvis.train import CheckpointError
+
+    try:
+        path = write_report(checkpoint, data, out, limit=limit, progress=progress)
+    except (CheckpointError, DataError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"report: {path.resolve()}")
+
+
 @main.command("train")
 @click.option("--model", help="Model (`netvis models`), e.g. resnet20_cifar; required unless --resume.")
 @click.option("--data", help="Data set name (fashion-mnist, fashion-mnist-sample, cifar10) or folder.")

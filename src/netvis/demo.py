@@ -55,12 +55,50 @@ def run_demo(
                              batch_size=64, augment=False, progress=progress, device="auto")
         result = train_run(config)
         checkpoint = str(result.checkpoint)
+    return write_report(checkpoint, SAMPLE, out, run_dir=run_dir, progress=progress, started=start)
+
+
+def write_report(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    run_dir: str | Path | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    started: float | None = None,
+) -> Path:
+    """Write the lecture's report for ``checkpoint`` on ``data`` into ``out``; return ``index.html``'s path.
+
+    Args:
+        checkpoint: a checkpoint path, a run folder holding ``checkpoint.pt``, or a shipped name.
+        data: a :func:`netvis.data.load` name or folder; its train split feeds BN recalibration, its test
+            split everything else, both through the checkpoint's own preprocessing.
+        out: the report's folder (``index.html`` and ``summary.json``).
+        run_dir: a training run folder whose curves the report shows (default: the checkpoint's folder
+            when it holds ``curves.png``).
+        limit: use at most this many images of each split.
+        progress: show progress bars.
+        started: ``time.perf_counter()`` at the start, for the summary's duration.
+    """
+    start = time.perf_counter() if started is None else started
+    path = Path(checkpoint)
+    if path.is_dir():
+        run_dir = run_dir or path
+        path = path / "checkpoint.pt"
+        checkpoint = path
+    elif run_dir is None and path.is_file() and (path.parent / "curves.png").exists():
+        run_dir = path.parent
     ckpt = load_checkpoint(checkpoint)
-    train_data = with_preprocess(load(SAMPLE, "train"), ckpt.preprocess)
-    test_data = with_preprocess(load(SAMPLE, "test"), ckpt.preprocess)
+    train_data = with_preprocess(load(data, "train"), ckpt.preprocess)
+    test_data = with_preprocess(load(data, "test"), ckpt.preprocess)
+    if limit is not None:
+        train_data = train_data.subset(range(min(limit, len(train_data))))
+        test_data = test_data.subset(range(min(limit, len(test_data))))
     report, summary = lecture_report(ckpt, train_data, test_data, run_dir=run_dir, progress=progress)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["checkpoint"] = str(ckpt.path)
-    path = report.write(out)
+    out = Path(out)
+    index = report.write(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return path
+    return index
