@@ -326,5 +326,38 @@ def serve_command(checkpoint: str, **options) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command("experiment")
+@click.argument("name")
+@click.option("--data", help="Data set name or folder (default: the setting's, the shipped sample for fast).")
+@click.option("--setting", type=click.Choice(["fast", "full"]), default="fast", show_default=True,
+              help="fast: a CPU, small models; full: a GPU, the full data set.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for index.html, results.json and figures/ (default netvis-experiments/NAME).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Override one parameter of the setting, e.g. --option n_images=64; repeatable.")
+@click.option("--progress/--no-progress", default=False, help="Progress bars while training.")
+def experiment_command(name: str, data: str | None, setting: str, out: str | None, seed: int, device: str,
+                       options: tuple[str, ...], progress: bool) -> None:
+    """Run one of the lecture's experiments; `netvis experiment list` names them."""
+    from netvis import experiments
+    from netvis.data import DataError
+    from netvis.train import CheckpointError, parse_model_option
+
+    if name == "list":
+        for known in experiments.list_experiments():
+            click.echo(f"{known:<15} {experiments.get(known).title}")
+        return
+    try:
+        overrides = dict(parse_model_option(text) for text in options)
+        result = experiments.run(name, data=data, setting=setting, out=out or f"netvis-experiments/{name}",
+                                 seed=seed, device=device, progress=progress, **overrides)
+    except (ValueError, CheckpointError, DataError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(result.format())
+    click.echo(f"\nwrote {result.out / 'index.html'} and {result.out / 'results.json'}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

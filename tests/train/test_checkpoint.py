@@ -197,3 +197,11 @@ def test_export_drops_the_training_state(tmp_path):
     assert a.meta["resumable"] and not b.meta["resumable"]
     for key, value in a.model.state_dict().items():
         assert torch.equal(b.model.state_dict()[key], value)
+
+
+def test_loading_a_checkpoint_leaves_the_global_rng_alone():
+    from netvis.train.checkpoint import load_checkpoint
+
+    before = torch.get_rng_state()
+    load_checkpoint("fashion-mnist-small")
+    assert torch.equal(torch.get_rng_state(), before)

@@ -301,7 +301,9 @@ def build_model(payload: Mapping[str, Any], path: str | os.PathLike = "<checkpoi
     name = payload["model"]["name"]
     options = dict(payload["model"].get("options") or {})
     try:
-        model = create(name, **options)
+        # The initial weights are overwritten below; drawing them must not move the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            model = create(name, **options)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: cannot build model {name!r} with options {options}: {exc}") from exc
     state = payload["state_dict"]

@@ -1,0 +1,219 @@
+"""``bn-statistics``: which statistics a BN layer uses at test time, and what goes wrong.
+
+Three parts, on ResNets trained here (Ioffe and Szegedy, "Batch Normalization", ICML 2015):
+
+1. **Running averages vs recomputed statistics.** During training every BN layer keeps exponential
+   running averages of its batch means and variances (PyTorch's default, momentum 0.1); they mix the
+   statistics of many weight states. The other strategy of the lecture fixes the weights after
+   training and recomputes each layer's statistics over the whole training set, layer by layer, first
+   layers first (:func:`netvis.bn.recalibrate`). Both are evaluated on the test set.
+2. **Batch size.** The same network trained with several batch sizes (learning rate scaled linearly
+   with the batch size, Goyal et al. 2017): with small batches the batch statistics are noisy, and the
+   statistics used at test time differ more from those seen in training.
+3. **The train/eval pitfall.** Evaluating a trained network in *train* mode makes every BN layer
+   normalise with the statistics of the test batch itself: fine for large random batches, wrong for
+   small ones (batch size 1: every image is normalised by itself) and for batches of one class (the
+   class signal is normalised away). A train-mode pass also overwrites the running averages with the
+   test batches' statistics, so even a later eval-mode evaluation changes ("after" column).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from netvis.experiments._common import Context, Experiment, ExperimentResult, Timer
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "fast": {
+        "data": "fashion-mnist-sample",
+        "image_size": 14,
+        "model": "resnet20_cifar",
+        "stage_channels": (8, 16, 32),
+        "limit_train": 1000,
+        "limit_test": None,
+        "epochs": 3,
+        "batch_sizes": (8, 32, 128),
+        "batch_size": 32,
+        "lr": 0.1,
+        "eval_batch_sizes": (1, 2, 8, 32, 256),
+    },
+    "full": {
+        "data": "fashion-mnist",
+        "image_size": None,
+        "model": "resnet20_cifar",
+        "stage_channels": (16, 32, 64),
+        "limit_train": None,
+        "limit_test": None,
+        "epochs": 15,
+        "batch_sizes": (4, 16, 64, 128, 256),
+        "batch_size": 128,
+        "lr": 0.1,
+        "eval_batch_sizes": (1, 2, 4, 8, 32, 128, 1024),
+    },
+}
+
+
+def _accuracy_in_train_mode(model, data, order: torch.Tensor, batch_size: int, device) -> tuple[float, float]:
+    """Accuracy with every BN layer normalising by its batch (train mode), batches in ``order``; then the
+    eval-mode accuracy with the running averages that pass left behind. The model is restored afterwards."""
+    from netvis.hooks import preserved_state
+    from netvis.train.evaluate import evaluate
+
+    correct = 0
+    with preserved_state(model), torch.no_grad():
+        model.train()
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x = data.preprocess(data.images[idx].to(device))
+            y = data.targets[idx].to(device)
+            correct += int((model(x).argmax(1) == y).sum())
+        after = evaluate(model, data, device=device).accuracy
+    return correct / len(order), after
+
+
+def _figure(batch_rows: list[dict[str, Any]], mode_rows: list[dict[str, Any]]):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    sizes = [r["batch_size"] for r in batch_rows]
+    left.plot(sizes, [r["test_accuracy_running"] for r in batch_rows], marker="o", label="running averages")
+    left.plot(sizes, [r["test_accuracy_recomputed"] for r in batch_rows], marker="s", label="recomputed")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("training batch size")
+    left.set_ylabel("test accuracy")
+    left.set_title("BN statistics at test time")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    shuffled = [r for r in mode_rows if r["mode"] == "train" and r["batches"] == "shuffled"]
+    right.plot([r["batch_size"] for r in shuffled], [r["accuracy"] for r in shuffled], marker="o",
+               label="train mode, shuffled batches")
+    for r in mode_rows:
+        if r["mode"] == "train" and r["batches"] == "one class":
+            right.scatter([r["batch_size"]], [r["accuracy"]], color="C3", marker="x", zorder=3,
+                          label="train mode, batches of one class")
+    evals = [r for r in mode_rows if r["mode"] == "eval"]
+    if evals:
+        right.axhline(evals[0]["accuracy"], color="C2", linestyle="--", label="eval mode")
+    right.set_xscale("log", base=2)
+    right.set_xlabel("evaluation batch size")
+    right.set_ylim(0, 1)
+    right.set_title("evaluating in train mode")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    return fig
+
+
+def run(ctx: Context) -> ExperimentResult:
+    from netvis.bn import recalibrate
+    from netvis.train.evaluate import evaluate
+
+    p = ctx.params
+    train_data, test_data = ctx.load_data(p["image_size"])
+    train_data = ctx.subset(train_data, p["limit_train"])
+    test_data = ctx.subset(test_data, p["limit_test"], stream=1)
+    options = {"stage_channels": tuple(p["stage_channels"])}
+    reference = int(p["batch_size"])
+    sizes = sorted(set(int(b) for b in p["batch_sizes"]) | {reference})
+    # the training images, normalised, without augmentation, in batches: what the statistics are recomputed over
+    batches = [train_data.preprocess(train_data.images[i : i + 512].to(ctx.device))
+               for i in range(0, len(train_data), 512)]
+    batch_rows: list[dict[str, Any]] = []
+    models: dict[int, Any] = {}
+    for b in sizes:
+        timer = Timer()
+        lr = p["lr"] * b / reference
+        result = ctx.train(p["model"], train_data, test_data, epochs=p["epochs"], batch_size=b, lr=lr,
+                           model_options=options, seed_stream=0)
+        model = result.model
+        running = evaluate(model, test_data, device=ctx.device).accuracy
+        recomputed_model = recalibrate(copy.deepcopy(model), batches, device=ctx.device)
+        recomputed = evaluate(recomputed_model, test_data, device=ctx.device).accuracy
+        models[b] = (model, recomputed_model)
+        batch_rows.append(
+            {
+                "batch_size": b,
+                "lr": lr,
+                "steps": p["epochs"] * -(-len(train_data) // b),
+                "train_accuracy": result.metrics[-1]["train_accuracy"],
+                "test_accuracy_running": running,
+                "test_accuracy_recomputed": recomputed,
+                "seconds": round(timer(), 1),
+            }
+        )
+    model, recomputed_model = models[reference]
+    eval_acc = evaluate(model, test_data, device=ctx.device).accuracy
+    mode_rows: list[dict[str, Any]] = [
+        {"mode": "eval", "statistics": "running averages", "batch_size": None, "batches": "", "accuracy": eval_acc,
+         "eval_after": eval_acc},
+        {"mode": "eval", "statistics": "recomputed", "batch_size": None, "batches": "",
+         "accuracy": evaluate(recomputed_model, test_data, device=ctx.device).accuracy, "eval_after": None},
+    ]
+    shuffled = torch.randperm(len(test_data), generator=ctx.generator(3))
+    by_class = torch.sort(test_data.targets, stable=True).indices
+    for b in p["eval_batch_sizes"]:
+        acc, after = _accuracy_in_train_mode(model, test_data, shuffled, int(b), ctx.device)
+        mode_rows.append({"mode": "train", "statistics": "the batch's own", "batch_size": int(b),
+                          "batches": "shuffled", "accuracy": acc, "eval_after": after})
+    acc, after = _accuracy_in_train_mode(model, test_data, by_class, reference, ctx.device)
+    mode_rows.append({"mode": "train", "statistics": "the batch's own", "batch_size": reference,
+                      "batches": "one class", "accuracy": acc, "eval_after": after})
+
+    train_rows = [r for r in mode_rows if r["mode"] == "train" and r["batches"] == "shuffled"]
+    smallest = min(train_rows, key=lambda r: r["batch_size"])
+    largest = max(train_rows, key=lambda r: r["batch_size"])
+    one_class = mode_rows[-1]
+    same_size = next((r for r in train_rows if r["batch_size"] == reference), None)
+    metrics = {
+        "eval_accuracy": eval_acc,
+        "train_mode_accuracy": {str(r["batch_size"]): r["accuracy"] for r in train_rows},
+        "one_class_batches_accuracy": one_class["accuracy"],
+        "recalibration_gain": {str(r["batch_size"]): r["test_accuracy_recomputed"] - r["test_accuracy_running"]
+                               for r in batch_rows},
+    }
+    ref_row = next(r for r in batch_rows if r["batch_size"] == reference)
+    running, recomputed = ref_row["test_accuracy_running"], ref_row["test_accuracy_recomputed"]
+    findings = [
+        f"Recomputing the BN statistics over the training set after training changes test accuracy by "
+        f"{recomputed - running:+.1%} at batch size {reference} (running averages {running:.1%}, recomputed "
+        f"{recomputed:.1%}).",
+        "Test accuracy by training batch size (running averages / recomputed): "
+        + ", ".join(f"{r['batch_size']}: {r['test_accuracy_running']:.1%} / {r['test_accuracy_recomputed']:.1%}"
+                    for r in batch_rows) + ".",
+        f"Evaluated in train mode the network scores {smallest['accuracy']:.1%} with batches of "
+        f"{smallest['batch_size']} and {largest['accuracy']:.1%} with batches of {largest['batch_size']}, against "
+        f"{eval_acc:.1%} in eval mode.",
+    ]
+    if same_size is not None:
+        findings.append(
+            f"In train mode, batches of {reference} images of one class score {one_class['accuracy']:.1%} against "
+            f"{same_size['accuracy']:.1%} for shuffled batches: BN normalises the class signal away."
+        )
+    findings.append(
+        f"After a train-mode pass with batches of {smallest['batch_size']}, the running averages hold the test "
+        f"batches' statistics: eval-mode accuracy becomes {smallest['eval_after']:.1%} (was {eval_acc:.1%})."
+    )
+    return ExperimentResult(
+        name="bn-statistics",
+        title="BN statistics: running averages, recomputation, batch size, train vs eval mode",
+        setting=ctx.setting,
+        table=batch_rows,
+        tables={"train vs eval mode": mode_rows},
+        figures={"bn-statistics": _figure(batch_rows, mode_rows)},
+        metrics=metrics,
+        findings=findings,
+    )
+
+
+EXPERIMENT = Experiment(
+    name="bn-statistics",
+    title="BN statistics: running averages, recomputation, batch size, train vs eval mode",
+    summary="Running averages vs statistics recomputed after training, the effect of the batch size, and what "
+    "evaluating in train mode with small or one-class batches does.",
+    paper="Ioffe, Szegedy: Batch Normalization (2015)",
+    settings=SETTINGS,
+    runner=run,
+)

@@ -1,0 +1,193 @@
+"""``faithfulness``: do the pixels a map calls important matter to the model? Deletion and insertion.
+
+Petsiuk, Das and Saenko, "RISE: Randomized Input Sampling for Explanation of Black-box Models", BMVC
+2018. Delete the image's pixels in the order a saliency map ranks them, most important first, a fixed
+number per step, and follow the probability of the explained class (the class the model predicts): a
+faithful map makes it fall fast, so the area under the *deletion* curve is small. *Insertion* starts
+from the baseline image and puts the pixels back in the same order: a faithful map makes the
+probability rise fast, a large area. Every method is compared with a random map (uniform noise: the
+curves of deleting pixels at random); a method whose deletion area is not below the random map's does
+not tell which pixels the model uses.
+
+What a deleted pixel becomes (the *baseline*) matters, so the experiment runs several: ``"blur"``
+(the pixel of a Gaussian-blurred copy; the information goes, the image stays an image), ``"mean"``
+(each image's mean, as occlusion fills its patch), ``"black"`` (Petsiuk et al.'s deletion). Gray or
+black pixels scattered over an image are out of the training distribution and a strong signal in
+themselves, which favours the random map's scattered deletions under ``"mean"`` and penalises maps that
+rank already-black background pixels high under ``"black"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from netvis.experiments._common import Context, Experiment, ExperimentResult
+from netvis.experiments.metrics import RANDOM, curve_area, method_options, perturbation_curves, saliency_maps
+
+ALL_METHODS = ("occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
+               "grad-cam", "guided-grad-cam")
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "fast": {
+        "data": "fashion-mnist-sample",
+        "checkpoint": "auto",
+        "methods": ALL_METHODS,
+        "n_images": 32,
+        "steps": 16,
+        "baselines": ("blur", "mean"),
+        "blur_sigma": 5.0,
+        "occlusion_window": 4,
+        "occlusion_stride": 4,
+        "smoothgrad_samples": 10,
+        "ig_steps": 16,
+        "image_size": 14,
+        "train_model": "resnet20_cifar",
+        "train_model_options": {"stage_channels": (8, 16, 16)},
+        "train_limit": 1000,
+        "train_epochs": 3,
+        "train_batch_size": 32,
+    },
+    "full": {
+        "data": "fashion-mnist",
+        "checkpoint": None,
+        "methods": ALL_METHODS,
+        "n_images": 1000,
+        "steps": 49,
+        "baselines": ("blur", "mean", "black"),
+        "blur_sigma": 5.0,
+        "occlusion_window": 4,
+        "occlusion_stride": 1,
+        "smoothgrad_samples": 25,
+        "ig_steps": 32,
+        "image_size": None,
+        "train_model": "resnet20_cifar",
+        "train_model_options": {"stage_channels": (16, 32, 64)},
+        "train_limit": None,
+        "train_epochs": 20,
+        "train_batch_size": 128,
+    },
+}
+
+
+def _figure(curves: dict[str, dict[str, torch.Tensor]], baseline: str):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, mode in zip(axes, ("deletion", "insertion"), strict=True):
+        for method, by_mode in curves.items():
+            mean = by_mode[mode].mean(0)
+            fraction = torch.linspace(0, 1, len(mean))
+            style = {"color": "black", "linestyle": "--"} if method == RANDOM else {}
+            ax.plot(fraction.numpy(), mean.numpy(), label=f"{method} ({float(curve_area(mean)):.3f})", **style)
+        ax.set_title(f"{mode} (baseline {baseline}): {'lower' if mode == 'deletion' else 'higher'} area is better",
+                     fontsize=9)
+        ax.set_xlabel(f"fraction of pixels {'deleted' if mode == 'deletion' else 'inserted'}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("probability of the explained class")
+    return fig
+
+
+def _baseline_value(name: Any, data: Any, x: torch.Tensor) -> Any:
+    """``"black"`` becomes the preprocessed black image; other names go to :func:`perturbation_curves`."""
+    if name == "black":
+        c, h, w = data.images.shape[1:]
+        return data.preprocess(torch.zeros(1, c, h, w, dtype=torch.uint8)).to(x.device)
+    return name
+
+
+def _sem(values: torch.Tensor) -> float:
+    return float(values.std() / len(values) ** 0.5) if len(values) > 1 else 0.0
+
+
+def _accuracy(description: dict[str, Any]) -> str:
+    value = description.get("test_accuracy")
+    return "test accuracy unknown" if value is None else f"test accuracy {value:.1%}"
+
+
+def run(ctx: Context) -> ExperimentResult:
+    from netvis.hooks import eval_session
+
+    p = ctx.params
+    model, _, test_data, description = ctx.model_for_maps()
+    indices = torch.randperm(len(test_data), generator=ctx.generator(1))[: int(p["n_images"])].sort().values
+    x = test_data.preprocess(test_data.images[indices]).to(ctx.device)
+    with eval_session(model, grad=False):
+        target = model(x).argmax(1)
+    methods = [m for m in p["methods"] if m != RANDOM] + [RANDOM]
+    options = method_options(model, tuple(x.shape[-2:]), p, seed=ctx.seed)
+    maps = saliency_maps(model, x, target, methods, options, generator=ctx.generator(2), absolute=False)
+    rows: list[dict[str, Any]] = []
+    figures = {}
+    mean_curves: dict[str, Any] = {}
+    baselines = list(p["baselines"])
+    for baseline in baselines:
+        curves: dict[str, dict[str, torch.Tensor]] = {}
+        base = _baseline_value(baseline, test_data, x)
+        for method in methods:
+            curves[method] = {
+                mode: perturbation_curves(model, x, maps[method].to(x.device), target, mode=mode,
+                                          steps=int(p["steps"]), baseline=base, blur_sigma=float(p["blur_sigma"]),
+                                          generator=ctx.generator(3))
+                for mode in ("deletion", "insertion")
+            }
+        random_deletion = curve_area(curves[RANDOM]["deletion"])
+        random_insertion = curve_area(curves[RANDOM]["insertion"])
+        for method in methods:
+            deletion, insertion = curve_area(curves[method]["deletion"]), curve_area(curves[method]["insertion"])
+            rows.append({
+                "method": method,
+                "baseline": str(baseline),
+                "images": len(indices),
+                "deletion_auc": float(deletion.mean()),
+                "deletion_sem": _sem(deletion),
+                "insertion_auc": float(insertion.mean()),
+                "insertion_sem": _sem(insertion),
+                # per image, paired with the random map on the same image
+                "deletion_wins": float((deletion < random_deletion).double().mean()) if method != RANDOM else None,
+                "deletion_below_random": method != RANDOM and float(deletion.mean()) < float(random_deletion.mean()),
+                "insertion_above_random": method != RANDOM and float(insertion.mean()) > float(random_insertion.mean()),
+            })
+        figures[f"curves-{baseline}"] = _figure(curves, str(baseline))
+        mean_curves[str(baseline)] = {m: {mode: c[mode].mean(0).tolist() for mode in c} for m, c in curves.items()}
+
+    findings = [f"Model: {description['model']} ({_accuracy(description)}); "
+                f"{len(indices)} test images, {p['steps']} steps."]
+    for baseline in baselines:
+        these = [r for r in rows if r["baseline"] == str(baseline)]
+        chance = next(r for r in these if r["method"] == RANDOM)
+        below = [r["method"] for r in these if r["deletion_below_random"]]
+        not_below = [r["method"] for r in these if r["method"] != RANDOM and not r["deletion_below_random"]]
+        line = (f"Baseline {baseline!s}: random map deletion area {chance['deletion_auc']:.3f}, insertion area "
+                f"{chance['insertion_auc']:.3f}; deletion area below random: {', '.join(below) or 'none'}")
+        if not_below:
+            line += f"; NOT below random: {', '.join(not_below)}"
+        findings.append(line + ".")
+    return ExperimentResult(
+        name="faithfulness",
+        title="Deletion and insertion curves",
+        setting=ctx.setting,
+        table=rows,
+        figures=figures,
+        metrics={"deletion_auc": {str(b): {r["method"]: r["deletion_auc"] for r in rows if r["baseline"] == str(b)}
+                                  for b in baselines},
+                 "insertion_auc": {str(b): {r["method"]: r["insertion_auc"] for r in rows if r["baseline"] == str(b)}
+                                   for b in baselines},
+                 "mean_curves": mean_curves,
+                 "model": description},
+        findings=findings,
+    )
+
+
+EXPERIMENT = Experiment(
+    name="faithfulness",
+    title="Deletion and insertion curves",
+    summary="Remove (or insert) pixels in each map's order and follow the class probability: a faithful map beats "
+    "a random one.",
+    paper="Petsiuk, Das, Saenko: RISE: Randomized Input Sampling for Explanation of Black-box Models (2018)",
+    settings=SETTINGS,
+    runner=run,
+)
