@@ -94,6 +94,14 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     raise TypeError(f"layer must be an nn.Module or a dotted name (str), got {type(layer).__name__}")
 
 
+def named_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Module]:
+    """Return ``(dotted name, module)`` for ``layer``, resolved (with its errors) by :func:`resolve_layer`."""
+    module = resolve_layer(model, layer)
+    if isinstance(layer, str):
+        return layer, module
+    return next(name for name, m in model.named_modules() if m is module), module
+
+
 def _module_names(model: nn.Module) -> dict[int, str]:
     return {id(m): (name or "<model>") for name, m in model.named_modules()}
 

@@ -16,22 +16,8 @@ from netvis import hooks
 LayerLike = nn.Module | str
 
 
-def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
-    """Return ``(dotted name, module)`` for ``layer``, a module of ``model`` or its dotted name.
-
-    Resolution (and its error messages) is :func:`netvis.hooks.resolve_layer`'s.
-
-    Raises:
-        ValueError: no such layer; the message lists the closest names.
-        TypeError: ``layer`` is neither a string nor an ``nn.Module``.
-    """
-    module = hooks.resolve_layer(model, layer)
-    if isinstance(layer, str):
-        return layer, module
-    for name, candidate in model.named_modules():
-        if candidate is module:
-            return name, module
-    raise AssertionError("unreachable: resolve_layer returned a module outside the model")  # pragma: no cover
+# ``(dotted name, module)`` for a layer given as a module or a dotted name.
+resolve_layer = hooks.named_layer
 
 
 def resolve_layers(

@@ -17,17 +17,8 @@ from netvis import hooks
 LayerLike = nn.Module | str
 
 
-def resolve_layer(model: nn.Module, layer: LayerLike) -> tuple[str, nn.Module]:
-    """Return ``(dotted name, module)`` for ``layer``, a module of ``model`` or its dotted name.
-
-    Raises:
-        ValueError: no such layer (the message lists the closest names) or a module outside ``model``.
-        TypeError: ``layer`` is neither a string nor an ``nn.Module``.
-    """
-    module = hooks.resolve_layer(model, layer)
-    if isinstance(layer, str):
-        return layer, module
-    return next(name for name, m in model.named_modules() if m is module), module
+# ``(dotted name, module)`` for a layer given as a module or a dotted name.
+resolve_layer = hooks.named_layer
 
 
 @contextmanager
