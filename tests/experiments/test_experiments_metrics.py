@@ -134,6 +134,23 @@ def test_marker_mask_corners_and_add_marker():
         M.marker_mask((8, 8), 8)
     with pytest.raises(ValueError, match="corner"):
         M.marker_mask((8, 8), 2, "middle")
+    center = M.marker_mask((8, 10), 2, "center")
+    assert center.sum() == 4 and center[3:5, 4:6].all()
+
+
+def test_add_marker_checker_pattern():
+    mask = M.marker_mask((6, 6), 3)  # rows 1-3, cols 1-3
+    images = torch.full((2, 3, 6, 6), 7, dtype=torch.uint8)
+    marked = M.add_marker(images, mask, 200, pattern="checker")
+    expected = torch.tensor([[200, 55, 200], [55, 200, 55], [200, 55, 200]], dtype=torch.uint8)
+    for n in range(2):
+        for c in range(3):
+            assert torch.equal(marked[n, c, 1:4, 1:4], expected)
+    assert (marked[:, :, ~mask] == 7).all() and (images == 7).all()
+    with pytest.raises(ValueError, match="pattern must be one of checker, square"):
+        M.add_marker(images, mask, 200, pattern="stripes")
+    with pytest.raises(ValueError, match="0..255"):
+        M.add_marker(images, mask, 300)
 
 
 def test_region_hits_on_hand_made_maps():
@@ -152,6 +169,16 @@ def test_region_hits_on_hand_made_maps():
     assert hits["mass"][0].item() == pytest.approx(1.0)
     assert hits["mass"][1].item() == pytest.approx(1 / (5 + 1 + 31 * 0.01))
     assert hits["mass"][2].item() == pytest.approx(4 / 36)
+
+
+def test_region_hits_peak_needs_half_the_region():
+    mask = M.marker_mask((6, 6), 2)  # rows 1-2, cols 1-2
+    maps = torch.zeros(3, 6, 6)
+    maps[0, 2:4, 2:4] = 1.0  # the best 2x2 window covers one marker pixel of four
+    maps[1, 1:3, 2:4] = 1.0  # it covers two of four
+    maps[2, 0:2, 0:2] = 1.0  # one of four, on the other side
+    hits = M.region_hits(maps, mask)
+    assert hits["peak"].tolist() == [0.0, 1.0, 0.0]
 
 
 def _tiny_resnet():

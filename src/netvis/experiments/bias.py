@@ -2,9 +2,9 @@
 
 The lecture's "husky classified as wolf" (Ribeiro, Singh and Guestrin, "Why Should I Trust You?",
 KDD 2016): a classifier that learned "snow means wolf" is right for the wrong reason, and a saliency
-map shows it. Here the cue is planted: a small bright square (the *marker*) in a corner of most
-training images of one class (``cue_rate``, 95% by default) and of few images of the others
-(``other_rate``). A network trained on these images learns the shortcut; the experiment measures
+map shows it. Here the cue is planted: a small marker in a corner of most training images of one class
+(``cue_rate``, 95% by default) and of few images of the others (``other_rate``). A network trained on
+these images learns the shortcut; the experiment measures
 
 * the shortcut in the network's behaviour: accuracy on clean test images, on test images of the cue's
   class with and without the marker, and how often images of *other* classes are classified as the
@@ -13,6 +13,13 @@ training images of one class (``cue_rate``, 95% by default) and of few images of
   method's most salient marker-sized region lies on the marker (``peak``), how often its single most
   salient pixel does (``argmax``), the share of the top pixels that do (``top``), and the share of the
   map's mass on the marker (``mass``), next to a random map's (the marker's share of the image).
+
+It does this once per marker in ``marker_patterns`` (a flat bright ``"square"``; a ``"checker"``board
+of bright and dark pixels, a textured tag), each time on a freshly trained network. ``marker_corner``
+places the marker in a corner (on the background) or in the ``"center"`` (on the garment).
+``occlusion_window`` ``None`` occludes windows the size of the marker; ``occlusion_fill`` ``"black"``
+fills them with black (the background of Fashion-MNIST, so an occluded corner marker is removed rather
+than replaced by a gray blob), ``"mean"`` with the image's mean as in the lecture.
 """
 
 from __future__ import annotations
@@ -22,7 +29,15 @@ from typing import Any
 import torch
 
 from netvis.experiments._common import Context, Experiment, ExperimentResult
-from netvis.experiments.metrics import RANDOM, add_marker, marker_mask, method_options, region_hits, saliency_maps
+from netvis.experiments.metrics import (
+    MARKER_PATTERNS,
+    RANDOM,
+    add_marker,
+    marker_mask,
+    method_options,
+    region_hits,
+    saliency_maps,
+)
 
 ALL_METHODS = ("occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
                "grad-cam", "guided-grad-cam")
@@ -44,10 +59,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "marker_size": 2,
         "marker_corner": "top-left",
         "marker_value": 255,
+        "marker_patterns": ("square",),
         "methods": ALL_METHODS,
         "n_images": 32,
-        "occlusion_window": 2,
+        "occlusion_window": None,
         "occlusion_stride": 1,
+        "occlusion_fill": "black",
         "smoothgrad_samples": 10,
         "ig_steps": 16,
     },
@@ -67,10 +84,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "marker_size": 4,
         "marker_corner": "top-left",
         "marker_value": 255,
+        "marker_patterns": ("square",),
         "methods": ALL_METHODS,
         "n_images": 500,
-        "occlusion_window": 4,
+        "occlusion_window": None,
         "occlusion_stride": 1,
+        "occlusion_fill": "black",
         "smoothgrad_samples": 25,
         "ig_steps": 32,
     },
@@ -78,7 +97,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def plant(data: Any, mask: torch.Tensor, cue_class: int, cue_rate: float, other_rate: float, value: int,
-          generator: torch.Generator) -> tuple[Any, torch.Tensor]:
+          generator: torch.Generator, pattern: str = "square") -> tuple[Any, torch.Tensor]:
     """A copy of ``data`` with the marker painted into a random ``cue_rate`` share of ``cue_class``'s images
     and an ``other_rate`` share of every other class's.
 
@@ -89,7 +108,7 @@ def plant(data: Any, mask: torch.Tensor, cue_class: int, cue_rate: float, other_
     draw = torch.rand(len(targets), generator=generator)
     marked = torch.where(targets == cue_class, draw < cue_rate, draw < other_rate)
     images = data.images.cpu().clone()
-    images[marked] = add_marker(images[marked], mask, value)
+    images[marked] = add_marker(images[marked], mask, value, pattern)
     from netvis.data import TensorImageDataset
 
     planted = TensorImageDataset(images, data.targets, data.classes, mean=data.mean, std=data.std,
@@ -106,9 +125,6 @@ def _predict(model, data, images: torch.Tensor, device) -> torch.Tensor:
 
 
 def run(ctx: Context) -> ExperimentResult:
-    from netvis.hooks import eval_session
-    from netvis.render.figures import method_grid
-
     p = ctx.params
     train_data, test_data = ctx.load_data(p["image_size"])
     train_data = ctx.subset(train_data, p["limit_train"])
@@ -116,10 +132,75 @@ def run(ctx: Context) -> ExperimentResult:
     k = int(p["cue_class"])
     if not 0 <= k < len(train_data.classes):
         raise ValueError(f"cue_class must be a class index below {len(train_data.classes)}, got {k}")
+    given = (p["marker_patterns"],) if isinstance(p["marker_patterns"], str) else tuple(p["marker_patterns"])
+    patterns = tuple(part.strip() for entry in given for part in str(entry).split(",") if part.strip())
+    if not patterns:
+        raise ValueError("marker_patterns must name at least one marker pattern")
+    for pattern in patterns:
+        if pattern not in MARKER_PATTERNS:
+            raise ValueError(f"marker pattern must be one of {', '.join(MARKER_PATTERNS)}, got {pattern!r}")
+    _occlusion_fill(p["occlusion_fill"], train_data, "cpu")  # a bad fill fails before any training
     h, w = train_data.images.shape[-2:]
     mask = marker_mask((h, w), int(p["marker_size"]), p["marker_corner"])
+    area = float(mask.float().mean())
+    rows: list[dict[str, Any]] = []
+    behaviour: list[dict[str, Any]] = []
+    saturation: list[dict[str, Any]] = []
+    figures: dict[str, Any] = {}
+    findings: list[str] = []
+    metrics: dict[str, Any] = {"marker_patterns": list(patterns), "marker_area": area, "marked_train_images": {},
+                               "peak_on_marker": {}, "mass_on_marker": {}, "other_predicted_as_cue_clean": {},
+                               "other_predicted_as_cue_marked": {}}
+    for index, pattern in enumerate(patterns):
+        part = _one_marker(ctx, train_data, test_data, mask, pattern, stream=10 * index)
+        rows += part["rows"]
+        behaviour += part["behaviour"]
+        saturation += part["saturation"]
+        figures[f"maps-{pattern}"] = part["figure"]
+        findings += part["findings"]
+        for key in ("marked_train_images", "peak_on_marker", "mass_on_marker", "other_predicted_as_cue_clean",
+                    "other_predicted_as_cue_marked"):
+            metrics[key][pattern] = part["metrics"][key]
+    if len(patterns) > 1:
+        peaks = {pattern: metrics["peak_on_marker"][pattern].get("gradient") for pattern in patterns}
+        if all(v is not None for v in peaks.values()):
+            findings.append("The plain gradient's peak lies on the marker in " + ", ".join(
+                f"{v:.0%} of the images with the {pattern} marker" for pattern, v in peaks.items()) + ".")
+    return ExperimentResult(
+        name="bias",
+        title="A planted spurious cue, and whether saliency maps reveal it",
+        setting=ctx.setting,
+        table=rows,
+        tables={"behaviour": behaviour, "gradient along the marker's path": saturation},
+        figures=figures,
+        metrics=metrics,
+        findings=findings,
+    )
+
+
+def _occlusion_fill(fill: Any, data: Any, device: Any) -> Any:
+    """``"black"``: the value a black pixel has after the data set's preprocessing, one per channel;
+    ``"mean"``/``"channel_mean"`` and numbers as :func:`netvis.saliency.occlusion` takes them."""
+    if fill == "black":
+        black = torch.zeros(1, data.images.shape[1], 1, 1, dtype=torch.uint8)
+        return data.preprocess(black.to(device))[0]  # (C, 1, 1)
+    if fill in ("mean", "channel_mean") or (isinstance(fill, (int, float)) and not isinstance(fill, bool)):
+        return fill
+    raise ValueError(f"occlusion_fill must be 'black', 'mean', 'channel_mean' or a number, got {fill!r}")
+
+
+def _one_marker(ctx: Context, train_data: Any, test_data: Any, mask: torch.Tensor, pattern: str,
+                stream: int) -> dict[str, Any]:
+    """Plant one marker pattern, train a network on it and measure its behaviour and the maps."""
+    from netvis.hooks import eval_session
+    from netvis.render.figures import method_grid
+
+    p = ctx.params
+    k = int(p["cue_class"])
+    h, w = mask.shape
     value = int(p["marker_value"])
-    planted, marked = plant(train_data, mask, k, p["cue_rate"], p["other_rate"], value, ctx.generator(1))
+    planted, marked = plant(train_data, mask, k, p["cue_rate"], p["other_rate"], value, ctx.generator(1 + stream),
+                            pattern)
     result = ctx.train(p["model"], planted, test_data, epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
                        model_options={"stage_channels": tuple(p["stage_channels"])})
     model = result.model.eval()
@@ -130,9 +211,10 @@ def run(ctx: Context) -> ExperimentResult:
     cue, other = targets == k, targets != k
     with eval_session(model, grad=False):
         clean = _predict(model, test_data, images, ctx.device)
-        with_marker = _predict(model, test_data, add_marker(images, mask, value), ctx.device)
+        with_marker = _predict(model, test_data, add_marker(images, mask, value, pattern), ctx.device)
+
     def row(label: str, rows: torch.Tensor, predicted: torch.Tensor) -> dict[str, Any]:
-        return {"test images": label, "images": int(rows.sum()),
+        return {"marker": pattern, "test images": label, "images": int(rows.sum()),
                 "accuracy": float((predicted[rows] == targets[rows]).float().mean()),
                 "predicted_as_cue_class": float((predicted[rows] == k).float().mean())}
 
@@ -149,18 +231,22 @@ def run(ctx: Context) -> ExperimentResult:
     # maps on test images of the cue class, with the marker
     pool = torch.nonzero(cue).flatten()
     pick = pool[torch.randperm(len(pool), generator=ctx.generator(2))[: int(p["n_images"])]].sort().values
-    x = test_data.preprocess(add_marker(images[pick], mask, value)).to(ctx.device)
+    x = test_data.preprocess(add_marker(images[pick], mask, value, pattern)).to(ctx.device)
     target = torch.full((len(pick),), k, dtype=torch.long, device=ctx.device)
-    options = method_options(model, (h, w), p, seed=ctx.seed)
+    window = p["occlusion_window"] if p["occlusion_window"] is not None else int(p["marker_size"])
+    options = method_options(model, (h, w), {**p, "occlusion_window": window}, seed=ctx.seed)
+    options["occlusion"]["fill"] = _occlusion_fill(p["occlusion_fill"], test_data, ctx.device)
     methods = [m for m in p["methods"] if m != RANDOM] + [RANDOM]
     maps = saliency_maps(model, x, target, methods, options, generator=ctx.generator(3))
+    saturation = _saturation(model, test_data.preprocess(images[pick]).to(ctx.device), x, target, mask, pattern)
     area = float(mask.float().mean())
     rows = []
     for name in methods:
         hits = region_hits(maps[name], mask)
-        rows.append({"method": name, "images": len(pick), "peak_on_marker": float(hits["peak"].mean()),
-                     "argmax_on_marker": float(hits["argmax"].mean()), "top_on_marker": float(hits["top"].mean()),
-                     "mass_on_marker": float(hits["mass"].mean()), "marker_area": area})
+        rows.append({"marker": pattern, "method": name, "images": len(pick),
+                     "peak_on_marker": float(hits["peak"].mean()), "argmax_on_marker": float(hits["argmax"].mean()),
+                     "top_on_marker": float(hits["top"].mean()), "mass_on_marker": float(hits["mass"].mean()),
+                     "marker_area": area})
     by = {r["method"]: r for r in rows}
     flip = behaviour[4]["predicted_as_cue_class"] - behaviour[3]["predicted_as_cue_class"]
     metrics = {
@@ -169,34 +255,55 @@ def run(ctx: Context) -> ExperimentResult:
         "mass_on_marker": {r["method"]: r["mass_on_marker"] for r in rows},
         "other_predicted_as_cue_clean": behaviour[3]["predicted_as_cue_class"],
         "other_predicted_as_cue_marked": behaviour[4]["predicted_as_cue_class"],
-        "marker_area": area,
     }
     findings = [
-        f"Adding the marker to test images of other classes makes the network call "
+        f"{pattern} marker: adding it to test images of other classes makes the network call "
         f"{behaviour[4]['predicted_as_cue_class']:.1%} of them '{cue_name}' (clean: "
         f"{behaviour[3]['predicted_as_cue_class']:.1%}, {flip:+.1%}); on images of '{cue_name}' its accuracy is "
         f"{behaviour[2]['accuracy']:.1%} with the marker and {behaviour[1]['accuracy']:.1%} without.",
     ]
+    half = min(saturation, key=lambda r: abs(r["alpha"] - 0.5))
+    end = saturation[-1]
+    findings.append(
+        f"{pattern} marker: from the image without the marker to the image with it, the logit of '{cue_name}' goes "
+        f"from {saturation[0]['logit']:.2f} to {end['logit']:.2f}; the gradient on the marker pixels is "
+        f"{half['gradient_on_marker']:.3f} half-way and {end['gradient_on_marker']:.3f} at the image itself "
+        f"(elsewhere {end['gradient_elsewhere']:.3f} on average, {end['largest_elsewhere']:.3f} at its largest)."
+    )
     for method in methods:
         r = by[method]
         findings.append(
-            f"{method}: the most salient marker-sized region lies on the marker in {r['peak_on_marker']:.0%} of the "
-            f"{len(pick)} images; {r['mass_on_marker']:.1%} of the map's mass is on the marker (its area: {area:.1%})."
+            f"{pattern} marker, {method}: the most salient marker-sized region lies on the marker in "
+            f"{r['peak_on_marker']:.0%} of the {len(pick)} images; {r['mass_on_marker']:.1%} of the map's mass is on "
+            f"the marker (its area: {area:.1%})."
         )
     shown = min(4, len(pick))
-    fig = method_grid(x[:shown].cpu(), {m: maps[m][:shown] for m in methods}, target=[k] * shown,
-                      class_names=train_data.classes, mean=test_data.mean, std=test_data.std,
-                      title=f"test images of '{train_data.classes[k]}' with the marker")
-    return ExperimentResult(
-        name="bias",
-        title="A planted spurious cue, and whether saliency maps reveal it",
-        setting=ctx.setting,
-        table=rows,
-        tables={"behaviour": behaviour},
-        figures={"maps": fig},
-        metrics=metrics,
-        findings=findings,
-    )
+    figure = method_grid(x[:shown].cpu(), {m: maps[m][:shown] for m in methods}, target=[k] * shown,
+                         class_names=train_data.classes, mean=test_data.mean, std=test_data.std,
+                         title=f"test images of '{cue_name}' with the {pattern} marker")
+    return {"rows": rows, "behaviour": behaviour, "saturation": saturation, "figure": figure, "metrics": metrics,
+            "findings": findings}
+
+
+def _saturation(model, clean: torch.Tensor, marked: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                pattern: str, alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> list[dict[str, Any]]:
+    """The cue class's logit and the gradient's size along the straight line from the images without the
+    marker (``alpha`` 0) to the images with it (``alpha`` 1, where the maps are computed): on the marker
+    pixels (mean of |gradient|) and elsewhere (mean, and the mean over images of the largest)."""
+    from netvis.hooks import eval_session
+
+    on = mask.to(clean.device)
+    rows = []
+    with eval_session(model, grad=True):
+        for alpha in alphas:
+            xa = (clean + alpha * (marked - clean)).detach().requires_grad_(True)
+            logit = model(xa).gather(1, target[:, None]).sum()
+            (grad,) = torch.autograd.grad(logit, xa)
+            g = grad.detach().abs().amax(1)  # (N, H, W), as saliency.gradient(reduce="max")
+            rows.append({"marker": pattern, "alpha": alpha, "logit": float(logit) / len(target),
+                         "gradient_on_marker": float(g[:, on].mean()), "gradient_elsewhere": float(g[:, ~on].mean()),
+                         "largest_elsewhere": float(g[:, ~on].amax(1).mean())})
+    return rows
 
 
 EXPERIMENT = Experiment(

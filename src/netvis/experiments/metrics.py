@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "MARKER_PATTERNS",
     "add_marker",
     "curve_area",
     "gaussian_blur",
@@ -453,19 +454,21 @@ def curve_area(curves: Tensor) -> Tensor:
 
 
 def marker_mask(image_size: tuple[int, int], size: int, corner: str = "top-left", margin: int = 1) -> Tensor:
-    """A boolean ``(H, W)`` mask of a ``size x size`` square ``margin`` pixels from a corner.
+    """A boolean ``(H, W)`` mask of a ``size x size`` square ``margin`` pixels from a corner, or in the centre.
 
     Args:
         image_size: ``(H, W)``.
         size: side of the square in pixels.
-        corner: ``"top-left"``, ``"top-right"``, ``"bottom-left"`` or ``"bottom-right"``.
+        corner: ``"top-left"``, ``"top-right"``, ``"bottom-left"``, ``"bottom-right"`` or ``"center"``
+            (``margin`` does not apply).
         margin: distance from the image border.
     """
     h, w = image_size
     if size < 1 or size + margin > min(h, w):
         raise ValueError(f"a {size}x{size} marker {margin} px from the border does not fit a {h}x{w} image")
     corners = {"top-left": (margin, margin), "top-right": (margin, w - margin - size),
-               "bottom-left": (h - margin - size, margin), "bottom-right": (h - margin - size, w - margin - size)}
+               "bottom-left": (h - margin - size, margin), "bottom-right": (h - margin - size, w - margin - size),
+               "center": ((h - size) // 2, (w - size) // 2)}
     if corner not in corners:
         raise ValueError(f"corner must be one of {', '.join(corners)}, got {corner!r}")
     top, left = corners[corner]
@@ -474,18 +477,41 @@ def marker_mask(image_size: tuple[int, int], size: int, corner: str = "top-left"
     return mask
 
 
-def add_marker(images: Tensor, mask: Tensor, value: int = 255) -> Tensor:
-    """``uint8`` images ``(N, C, H, W)`` with the marker painted in ``value`` in every channel (a copy)."""
+MARKER_PATTERNS = ("checker", "square")
+
+
+def add_marker(images: Tensor, mask: Tensor, value: int = 255, pattern: str = "square") -> Tensor:
+    """``uint8`` images ``(N, C, H, W)`` with the marker painted into every channel (a copy).
+
+    Args:
+        images: ``uint8`` images.
+        mask: ``(H, W)`` boolean region, e.g. from :func:`marker_mask`.
+        value: the marker's intensity.
+        pattern: ``"square"`` paints the whole region in ``value``; ``"checker"`` paints a checkerboard
+            of ``value`` and ``255 - value`` starting with ``value`` in the region's top-left pixel (a
+            textured tag rather than a flat blob).
+    """
+    if pattern not in MARKER_PATTERNS:
+        raise ValueError(f"marker pattern must be one of {', '.join(MARKER_PATTERNS)}, got {pattern!r}")
+    if not 0 <= int(value) <= 255:
+        raise ValueError(f"marker value must be in 0..255, got {value}")
     out = images.clone()
-    out[:, :, mask.to(images.device)] = value
+    mask = mask.to(images.device)
+    if pattern == "square":
+        out[:, :, mask] = value
+        return out
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    even = ((rows - rows.min()) + (cols - cols.min())) % 2 == 0
+    out[:, :, rows[even], cols[even]] = int(value)
+    out[:, :, rows[~even], cols[~even]] = 255 - int(value)
     return out
 
 
 def region_hits(maps: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """How much of each map's top saliency falls on a region.
 
-    * ``peak``: the maximum of the map smoothed by a box filter the size of the region's bounding box
-      (the most salient region-sized window) lies in the region;
+    * ``peak``: the most salient window the size of the region's bounding box (the largest sum of the
+      map over such a window) covers at least half of the region;
     * ``argmax``: the single most salient pixel lies in the region;
     * ``top``: the fraction of the top-``|region|`` pixels that lie in the region;
     * ``mass``: the fraction of the map's total (non-negative) mass on the region; compare with the
@@ -504,9 +530,10 @@ def region_hits(maps: Tensor, mask: Tensor) -> dict[str, Tensor]:
     flat_mask = mask.flatten()
     rows, cols = torch.nonzero(mask, as_tuple=True)
     kh, kw = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
-    smooth = F.avg_pool2d(maps[:, None], (kh, kw), stride=1, padding=(kh // 2, kw // 2), count_include_pad=True)
-    smooth = smooth[:, 0, :h, :w]
-    peak = flat_mask[smooth.flatten(1).argmax(1)]
+    sums = F.avg_pool2d(maps[:, None], (kh, kw), stride=1)[:, 0]  # (N, H-kh+1, W-kw+1), anchored top-left
+    best = sums.flatten(1).argmax(1)
+    cover = F.avg_pool2d(mask[None, None].float(), (kh, kw), stride=1)[0, 0].flatten() * (kh * kw)
+    peak = cover[best] >= 0.5 * float(flat_mask.sum())
     argmax = flat_mask[maps.flatten(1).argmax(1)]
     k = int(flat_mask.sum())
     top = flat_mask[maps.flatten(1).topk(k, dim=1).indices].float().mean(1)
