@@ -1,18 +1,22 @@
 """How fast are netvis's saliency methods? Occlusion, gradient and guided backprop against Captum.
 
-Prints one JSON object: the device, versions, and for torchvision's ResNet-18 (weights=None, eval) on
-224x224 images:
+Prints one JSON object: the device, versions, and for a torchvision model (weights=None, eval;
+``--model``, default ResNet-18 on the CPU and ResNet-50 on a GPU) on 224x224 images:
 
 * occlusion (window 16, stride 8: 27 x 27 = 729 positions per image): seconds per map for netvis, for
   Captum's ``Occlusion`` at several ``perturbations_per_eval`` (best reported), and for a naive loop
   over positions (one forward pass per position, timed on a subset of positions and extrapolated; the
   JSON says so); the largest difference between the maps;
 * gradient and guided backprop: images per second at batch 16, netvis vs Captum (``Saliency``,
-  ``GuidedBackprop``), and the largest difference between their results.
+  ``GuidedBackprop``), and the largest difference between their results;
+* with ``--bf16`` (the default on a GPU): netvis's ``precision="bf16"`` (bfloat16 autocast,
+  channels-last input on CUDA) for occlusion, gradient and guided backprop, its speed over Captum's
+  fp32, and its agreement with netvis's fp32 map (largest difference relative to the map's range, and
+  the Pearson correlation).
 
 Usage::
 
-    python benchmarks/saliency.py [--device cpu|cuda] [--quick]
+    python benchmarks/saliency.py [--device cpu|cuda] [--model resnet50] [--quick] [--bf16/--no-bf16]
 """
 
 from __future__ import annotations
@@ -61,6 +65,14 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def agreement(low: torch.Tensor, ref: torch.Tensor) -> dict:
+    """How close a bf16 map is to the fp32 one: largest difference over the fp32 map's range; correlation."""
+    low, ref = low.double().flatten(), ref.double().flatten()
+    span = float(ref.max() - ref.min()) or 1.0
+    corr = float(torch.corrcoef(torch.stack([low, ref]))[0, 1])
+    return {"max_abs_diff_vs_fp32_over_range": float((low - ref).abs().max()) / span, "pearson_vs_fp32": corr}
+
+
 def naive_occlusion(model, x, target, window, stride, positions):
     """The lecture's loop: one copy, one fill and one forward pass per position (first ``positions`` only)."""
     _, _, h, w = x.shape
@@ -81,6 +93,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and Captum settings")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--model", default=None, help="torchvision model (default resnet18 on CPU, resnet50 on GPU)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time precision='bf16' (default: on a GPU)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", module="captum")
 
@@ -90,8 +105,10 @@ def main() -> None:
     device = torch.device(args.device)
     repeats = 1 if args.quick else 3
     window, stride = 16, 8
+    model_name = args.model or ("resnet50" if device.type == "cuda" else "resnet18")
+    bf16 = args.bf16 if args.bf16 is not None else device.type == "cuda"
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None).eval().to(device)
+    model = getattr(torchvision.models, model_name)(weights=None).eval().to(device)
     x1 = torch.rand(1, 3, args.size, args.size, device=device)
     with torch.no_grad():
         target = int(model(x1).argmax(1))
@@ -155,6 +172,35 @@ def main() -> None:
             "max_abs_diff": float((ours_out - theirs_out).abs().max()),
         }
 
+    low_precision = {}
+    if bf16:
+        fp32_map = netvis_map
+        bf16_s, bf16_map = timed(
+            lambda: saliency.occlusion(model, x1, target, window=window, stride=stride, output="drop",
+                                       upsample=True, precision="bf16", **batched), device, repeats)
+        low_precision["occlusion"] = {
+            "netvis_bf16_s_per_map": bf16_s,
+            "speedup_vs_captum_best_fp32": captum[best_ppe] / bf16_s,
+            "speedup_vs_netvis_fp32": netvis_s / bf16_s,
+            **agreement(bf16_map, fp32_map),
+        }
+        for name, (ours, theirs) in {
+            "gradient": (lambda p: saliency.gradient(model, xb, tb, precision=p),
+                         lambda: Saliency(model).attribute(xb, target=tb, abs=True)),
+            "guided_backprop": (lambda p: saliency.guided_backprop(model, xb, tb, precision=p),
+                                lambda: GuidedBackprop(model).attribute(xb, target=tb)),
+        }.items():
+            ours("bf16")  # warm-up
+            ours_s, ours_out = timed(lambda ours=ours: ours("bf16"), device, repeats)
+            theirs_s, _ = timed(theirs, device, repeats)
+            low_precision[name] = {
+                "batch": args.batch,
+                "netvis_bf16_images_per_s": args.batch / ours_s,
+                "captum_fp32_images_per_s": args.batch / theirs_s,
+                "netvis_bf16_over_captum_fp32_speed": theirs_s / ours_s,
+                **agreement(ours_out, ours("fp32")),
+            }
+
     print(json.dumps({
         "device": device_name(device),
         "device_type": device.type,
@@ -163,10 +209,11 @@ def main() -> None:
         "captum": captum_version,
         "cpu_threads": torch.get_num_threads(),
         "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "model": "torchvision resnet18, weights=None, eval",
+        "model": f"torchvision {model_name}, weights=None, eval",
         "quick": args.quick,
         "occlusion": occlusion,
         **gradients,
+        "bf16": low_precision or None,
     }, indent=2))
 
 

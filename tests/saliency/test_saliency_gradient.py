@@ -189,3 +189,22 @@ def test_integrated_gradients_definition_and_batching(model):
         torch.testing.assert_close(ig[b : b + 1], single)
     with pytest.raises(ValueError, match="broadcast to the inputs"):
         integrated_gradients(model, x, baseline=torch.zeros(2, 8, 8))
+
+
+def test_gradient_bf16_is_the_autocast_backward_pass(model):
+    x = torch.rand(3, 3, 8, 8)
+    target = [0, 2, 4]
+    ref = copy.deepcopy(model).eval()
+    xi = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = ref(xi).gather(1, torch.as_tensor(target)[:, None])
+    scores.float().sum().backward()
+    bf16 = gradient(model, x, target, abs=False, precision="bf16")
+    assert bf16.dtype == torch.float32 and bf16.is_contiguous()
+    torch.testing.assert_close(bf16, xi.grad)
+    fp32 = gradient(model, x, target, abs=False)
+    assert not torch.equal(bf16, fp32)  # bfloat16 rounding is visible...
+    torch.testing.assert_close(bf16, fp32, rtol=0.1, atol=0.05 * float(fp32.abs().max()))  # ...and small
+    assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp16'"):
+        gradient(model, x, target, precision="fp16")

@@ -176,3 +176,22 @@ def test_guided_relus_context_is_local():
     with pytest.raises(ValueError, match="rule must be"):
         with guided_relus(model, "positive"):
             pass
+
+
+@pytest.mark.parametrize("kind", ["module", "functional", "reused_inplace"])
+def test_guided_bf16_routes_every_relu_under_autocast(kind):
+    torch.manual_seed(0)
+    model = TinyNet(kind)
+    x = torch.randn(2, 3, 12, 12)
+    target = torch.tensor([1, 3])
+
+    def reference(xi):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model.forward_with(xi, lambda t, i: RefRule.apply(t, "guided")).float()
+
+    got = guided_backprop(model, x, target, precision="bf16")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, reference_rule_gradient(reference, x, target), rtol=1e-5, atol=1e-6)
+    fp32 = guided_backprop(model, x, target)
+    torch.testing.assert_close(got, fp32, rtol=0.1, atol=0.05 * float(fp32.abs().max()))
+    assert deconvnet(model, x, target, precision="bf16").shape == x.shape

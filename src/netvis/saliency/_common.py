@@ -154,12 +154,29 @@ def row_chunks(n_images: int, per_image: int, batch_size: int) -> Iterator[list[
         yield segments
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+
+def precision_context(precision: str, device: torch.device) -> AbstractContextManager:
+    """``torch.autocast`` to bfloat16 for ``"bf16"``, nothing for ``"fp32"``."""
+    check_precision(precision)
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def gradient_of_scores(
     model: nn.Module,
     inputs: torch.Tensor,
     target: Target | TargetLike,
     rows: torch.Tensor | None = None,
     forward_context: Callable[[], AbstractContextManager] | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, Target]:
     """``d score / d inputs`` for each row, by ``torch.autograd.grad`` on a detached copy of ``inputs``.
 
@@ -167,14 +184,17 @@ def gradient_of_scores(
     gets a copy of ``inputs`` (it may modify it in place without touching the caller's tensor).
     ``forward_context`` (e.g. :func:`netvis.hooks.guided_relus`) wraps the forward pass only; the target
     is scored and differentiated outside it. ``target`` is a resolved :class:`Target` (then ``rows`` maps
-    rows to its samples) or a raw target, resolved on these inputs' outputs.
+    rows to its samples) or a raw target, resolved on these inputs' outputs. ``precision="bf16"`` runs the
+    forward pass under bfloat16 autocast (channels-last input on CUDA); the gradient keeps ``inputs``' dtype.
 
     Returns:
         The gradient ``(M, C, H, W)`` (detached) and the resolved target.
     """
     xi = inputs.detach().clone().requires_grad_(True)
-    with forward_context() if forward_context is not None else nullcontext():
-        outputs = model(xi.clone())  # a non-leaf copy: a model may modify its input in place
+    fast = precision != "fp32" and xi.device.type == "cuda"
+    with precision_context(precision, xi.device), (forward_context() if forward_context else nullcontext()):
+        copy = xi.clone(memory_format=torch.channels_last) if fast else xi.clone()
+        outputs = model(copy)  # a non-leaf copy: a model may modify its input in place
     if not isinstance(target, Target):
         target = resolve_target(target, outputs, xi.shape[0])
     scores = target.scores(outputs, xi.shape[0], rows)
@@ -183,10 +203,10 @@ def gradient_of_scores(
             "the target scores do not depend on the inputs through autograd (does the model detach its "
             "input or run under torch.no_grad?)"
         )
-    (grad,) = torch.autograd.grad(scores.sum(), xi, allow_unused=True)
+    (grad,) = torch.autograd.grad(scores.float().sum(), xi, allow_unused=True)
     if grad is None:
         grad = torch.zeros_like(xi)
-    return grad.detach(), target
+    return grad.detach().contiguous(), target
 
 
 def clean_target(

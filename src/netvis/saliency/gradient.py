@@ -14,6 +14,7 @@ from netvis.saliency._common import (
     TargetLike,
     check_images,
     check_model,
+    check_precision,
     clean_target,
     gradient_of_scores,
     row_chunks,
@@ -48,6 +49,7 @@ def gradient(
     *,
     abs: bool = True,
     reduce: Reduce = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     r"""Gradient saliency: how much each pixel changes the class score, to first order.
 
@@ -67,6 +69,9 @@ def gradient(
         target: ``None`` (predicted class), an int, ``N`` ints or a callable ``outputs -> (N,) scores``.
         abs: take the absolute value of the gradient.
         reduce: ``None`` keeps the channels; ``"max"`` or ``"sum"`` reduces over them.
+        precision: ``"fp32"``, or ``"bf16"``: the forward pass under bfloat16 autocast (channels-last
+            input on CUDA), faster on GPUs with bfloat16 units; the map stays in ``x``'s dtype and differs
+            from the fp32 map by bfloat16's rounding (benchmarks/saliency.py reports by how much).
 
     Returns:
         ``(N, C, H, W)``, or ``(N, H, W)`` when ``reduce`` is given, on ``x``'s device.
@@ -80,8 +85,9 @@ def gradient(
     check_model(model)
     check_images(x)
     _check_reduce(reduce)
+    check_precision(precision)
     with eval_session(model, grad=True):
-        grad, _ = gradient_of_scores(model, x, target)
+        grad, _ = gradient_of_scores(model, x, target, precision=precision)
     return _reduce_channels(grad, abs, reduce)
 
 

@@ -8,20 +8,24 @@ import torch
 from torch import nn
 
 from netvis.hooks import Rule, eval_session, guided_relus
-from netvis.saliency._common import TargetLike, check_images, check_model, gradient_of_scores
+from netvis.saliency._common import TargetLike, check_images, check_model, check_precision, gradient_of_scores
 
 __all__ = ["deconvnet", "guided_backprop"]
 
 
-def _rule_gradient(model: nn.Module, x: torch.Tensor, target: TargetLike, rule: Rule) -> torch.Tensor:
+def _rule_gradient(model: nn.Module, x: torch.Tensor, target: TargetLike, rule: Rule,
+                   precision: str = "fp32") -> torch.Tensor:
     check_model(model)
     check_images(x)
+    check_precision(precision)
     with eval_session(model, grad=True):
-        grad, _ = gradient_of_scores(model, x, target, forward_context=partial(guided_relus, model, rule))
+        grad, _ = gradient_of_scores(model, x, target, forward_context=partial(guided_relus, model, rule),
+                                     precision=precision)
     return grad
 
 
-def guided_backprop(model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+def guided_backprop(model: nn.Module, x: torch.Tensor, target: TargetLike = None, *,
+                    precision: str = "fp32") -> torch.Tensor:
     r"""Guided backpropagation: back-propagate only positive gradients through positive ReLU inputs.
 
     The backward pass is the ordinary one except at every ReLU :math:`y = \max(x, 0)`, where the gradient
@@ -46,6 +50,8 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: TargetLike = None
         model: a classifier whose rectifiers are ReLUs.
         x: images ``(N, C, H, W)``.
         target: ``None`` (predicted class), an int, ``N`` ints or a callable ``outputs -> (N,) scores``.
+        precision: ``"fp32"`` or ``"bf16"`` (forward pass under bfloat16 autocast), as in
+            :func:`netvis.saliency.gradient`.
 
     Returns:
         ``(N, C, H, W)`` on ``x``'s device (signed; take ``.abs()`` or normalise to display).
@@ -56,10 +62,11 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: TargetLike = None
         >>> guided_backprop(model, torch.rand(2, 3, 8, 8), target=[0, 4]).shape
         torch.Size([2, 3, 8, 8])
     """
-    return _rule_gradient(model, x, target, "guided")
+    return _rule_gradient(model, x, target, "guided", precision)
 
 
-def deconvnet(model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> torch.Tensor:
+def deconvnet(model: nn.Module, x: torch.Tensor, target: TargetLike = None, *,
+              precision: str = "fp32") -> torch.Tensor:
     r"""The deconvnet: back-propagate only positive gradients through every ReLU, whatever its input.
 
     At every ReLU the gradient :math:`g` arriving from above is passed on as
@@ -79,6 +86,8 @@ def deconvnet(model: nn.Module, x: torch.Tensor, target: TargetLike = None) -> t
         model: a classifier whose rectifiers are ReLUs.
         x: images ``(N, C, H, W)``.
         target: ``None`` (predicted class), an int, ``N`` ints or a callable ``outputs -> (N,) scores``.
+        precision: ``"fp32"`` or ``"bf16"`` (forward pass under bfloat16 autocast), as in
+            :func:`netvis.saliency.gradient`.
 
     Returns:
         ``(N, C, H, W)`` on ``x``'s device.
