@@ -94,3 +94,20 @@ def test_dataset_examples_on_the_device_equal_the_cpu(pair):
     got = dataset_examples(cpu, "layer2", images, k=3, device=DEVICE)
     w, g = want["layer2"] if isinstance(want, dict) else want, got["layer2"] if isinstance(got, dict) else got
     torch.testing.assert_close(g.values.cpu(), w.values.cpu(), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_on_the_device_writes_the_cpu_maps(tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+
+    from netvis.cli import main
+
+    for device in ("cpu", DEVICE):
+        result = CliRunner().invoke(main, ["saliency", "fashion-mnist-small", "sample:2", "--method", "gradient",
+                                           "--method", "occlusion", "--device", device, "--no-progress",
+                                           "--out", str(tmp_path / device.replace(":", "_"))])
+        assert result.exit_code == 0, result.output
+    for name in ("sample_2_gradient.npy", "sample_2_occlusion.npy"):
+        want = np.load(tmp_path / "cpu" / name)
+        got = np.load(tmp_path / DEVICE.replace(":", "_") / name)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.nanmax(np.abs(want)), equal_nan=True)

@@ -175,10 +175,13 @@ _SALIENCY_METHODS = ["occlusion", "gradient", "guided-backprop", "deconvnet", "s
 @click.option("--window", type=click.IntRange(min=1), help="Occlusion window (default 8).")
 @click.option("--stride", type=click.IntRange(min=1), help="Occlusion stride (default window // 2).")
 @click.option("--layer", help="Layer for Grad-CAM (dotted name; default the last convolutional stage).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: bfloat16 autocast for occlusion, gradient, guided-backprop and deconvnet (GPUs).")
 @click.option("--progress/--no-progress", default=True)
 def saliency_command(checkpoint: str, images: tuple[str, ...], methods: tuple[str, ...], target: str | None,
                      out: str, weights: str | None, window: int | None, stride: int | None, layer: str | None,
-                     progress: bool) -> None:
+                     device: str, precision: str, progress: bool) -> None:
     """Saliency maps for IMAGES (files or sample:N) under CHECKPOINT (a checkpoint or torchvision:NAME)."""
     from netvis.saliency.run import run_saliency
 
@@ -186,7 +189,7 @@ def saliency_command(checkpoint: str, images: tuple[str, ...], methods: tuple[st
     report = (lambda msg: click.echo(msg, err=True)) if progress else None
     try:
         written = run_saliency(checkpoint, images, chosen, out, target=target, weights=weights, window=window,
-                               stride=stride, layer=layer, progress=report)
+                               stride=stride, layer=layer, progress=report, device=device, precision=precision)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {len(written)} files to {Path(out).resolve()}")

@@ -36,6 +36,25 @@ def test_shipped_checkpoint_on_a_sample_image(tmp_path):
                                equal_nan=True)
 
 
+def test_bf16_precision_reaches_the_methods(tmp_path):
+    result = _invoke(["fashion-mnist-small", "sample:5", "--method", "gradient", "--method", "grad-cam",
+                      "--precision", "bf16", "--device", "cpu", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    clf = load_classifier("fashion-mnist-small")
+    from netvis.inversion.run import load_target
+
+    x = load_target("sample:5", clf.preprocess)
+    pred = int(clf.model(x).argmax())
+    np.testing.assert_allclose(np.load(tmp_path / "sample_5_gradient.npy"),
+                               gradient(clf.model, x, pred, precision="bf16")[0].numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(np.load(tmp_path / "sample_5_gradient.npy"), gradient(clf.model, x, pred)[0].numpy(),
+                           rtol=1e-5, atol=1e-7)
+    import json
+
+    (entry,) = json.loads((tmp_path / "saliency.json").read_text())["images"]
+    assert entry["precision"] == "bf16" and entry["device"] == "cpu"
+
+
 def test_torchvision_model_with_local_weights_and_image_file(tmp_path):
     from PIL import Image
 
@@ -59,6 +78,7 @@ def test_torchvision_model_with_local_weights_and_image_file(tmp_path):
     (["fashion-mnist-small", "sample:0", "--target", "Wolf"], "unknown class 'Wolf'"),
     (["fashion-mnist-small", "missing.png"], "no image file"),
     (["fashion-mnist-small", "sample:0", "--weights", "x.pt"], "torchvision:NAME"),
+    (["fashion-mnist-small", "sample:0", "--precision", "fp16"], "'fp16' is not one of 'fp32', 'bf16'"),
 ])
 def test_clear_errors(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

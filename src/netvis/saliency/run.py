@@ -114,10 +114,21 @@ def _target_index(target: str | None, classes: Sequence[str]) -> int | None:
     raise ValueError(f"unknown class {target!r}; give an index 0..{len(classes) - 1} or one of: {', '.join(classes)}")
 
 
+PRECISION_METHODS = ("occlusion", "gradient", "guided-backprop", "deconvnet")
+"""The methods that take ``precision`` (the others always run in fp32)."""
+
+
 def _method_options(name: str, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    precision = options.get("precision") or "fp32"
+    if name in PRECISION_METHODS and precision != "fp32":
+        extra = {"precision": precision}
+    else:
+        extra = {}
     if name == "occlusion":
         return {k: options[k] for k in ("window", "stride", "batch_size") if options.get(k) is not None} | {
-            "output": "drop", "upsample": True}
+            "output": "drop", "upsample": True} | extra
+    if name in ("gradient", "guided-backprop", "deconvnet"):
+        return extra
     if name in ("grad-cam", "guided-grad-cam"):
         return {"layer": options.get("layer") or default_layer(model)}
     if name == "smoothgrad":
@@ -134,6 +145,7 @@ def run_saliency(
     target: str | None = None,
     weights: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
+    device: str | torch.device = "cpu",
     **options: Any,
 ) -> list[Path]:
     """Compute ``methods`` for every image and write overlays, raw maps, grids and ``saliency.json``.
@@ -146,7 +158,9 @@ def run_saliency(
         target: class index or name; default each image's predicted class.
         weights: local weights for ``torchvision:`` models.
         progress: called with a short message before each image and method.
-        **options: ``window``, ``stride``, ``batch_size`` (occlusion), ``layer`` (Grad-CAM), ``seed``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available).
+        **options: ``window``, ``stride``, ``batch_size`` (occlusion), ``layer`` (Grad-CAM), ``seed``,
+            ``precision`` (``"fp32"`` or ``"bf16"``, for the methods in :data:`PRECISION_METHODS`).
 
     Returns:
         The paths written.
@@ -154,14 +168,20 @@ def run_saliency(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if options.get("precision") not in (None, "fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {options['precision']!r}")
+    from netvis.train.distributed import resolve_device
+
+    dev = resolve_device(device)
     clf = load_classifier(spec, weights)
+    clf.model.to(dev)
     target_index = _target_index(target, clf.classes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     summary = []
     for spec_image in images:
-        x = load_target(spec_image, clf.preprocess).float()
+        x = load_target(spec_image, clf.preprocess).float().to(dev)
         with torch.no_grad():
             scores = clf.model(x).softmax(dim=1)[0]
         cls = int(scores.argmax()) if target_index is None else target_index
@@ -171,21 +191,22 @@ def run_saliency(
             if progress is not None:
                 progress(f"{spec_image}: {name}")
             fn = METHODS[name]
-            result = fn(clf.model, x, cls, **_method_options(name, clf.model, options))[0]
+            result = fn(clf.model, x, cls, **_method_options(name, clf.model, options))[0].cpu()
             maps[name] = result
             raw = out / f"{stem}_{name}.npy"
             np.save(raw, result.detach().cpu().numpy())
             display = result.abs().amax(dim=0) if result.dim() == 3 else result
-            png = save_figure(overlay(x[0], display, mean=getattr(clf.preprocess, "mean", None),
+            png = save_figure(overlay(x[0].cpu(), display, mean=getattr(clf.preprocess, "mean", None),
                                       std=getattr(clf.preprocess, "std", None),
                                       title=f"{name}: {clf.classes[cls]}"), out / f"{stem}_{name}.png")
             written += [raw, png]
-        grid = method_grid(x[0], {k: (v.abs().amax(dim=0) if v.dim() == 3 else v) for k, v in maps.items()},
-                           scores=scores, class_names=clf.classes, target=cls,
+        grid = method_grid(x[0].cpu(), {k: (v.abs().amax(dim=0) if v.dim() == 3 else v) for k, v in maps.items()},
+                           scores=scores.cpu(), class_names=clf.classes, target=cls,
                            mean=getattr(clf.preprocess, "mean", None), std=getattr(clf.preprocess, "std", None))
         written.append(save_figure(grid, out / f"{stem}_grid.png"))
         summary.append({"image": spec_image, "target": cls, "class": clf.classes[cls],
-                        "probability": float(scores[cls]), "methods": list(methods)})
+                        "probability": float(scores[cls]), "methods": list(methods),
+                        "device": str(dev), "precision": options.get("precision") or "fp32"})
     path = out / "saliency.json"
     path.write_text(json.dumps({"model": spec, "images": summary}, indent=2) + "\n")
     written.append(path)
