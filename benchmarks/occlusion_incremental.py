@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -50,22 +49,10 @@ from pathlib import Path
 
 import torch
 import torchvision
+from _timing import device_name, sync, timed
 
 from netvis.saliency.incremental import incremental_occlusion, ssim
 from netvis.saliency.occlusion import _upsample, occlusion
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(name: str, state_path: str | None = None) -> torch.nn.Module:
@@ -140,14 +127,13 @@ def child(job: dict) -> None:
 
     baseline = rss_mb("VmRSS")
     exact_peak = reset_peak_rss()
+    sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with torch.no_grad():
         maps = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     result["seconds"] = result.pop("seconds_of_map", time.perf_counter() - start)
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -244,14 +230,10 @@ def bench_trained(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         predicted = model(x).argmax(1)
     options = {"window": 4, "stride": 2, "output": "drop"}
-
-    def timed(fn):
-        start = time.perf_counter()
-        result = fn()
-        return time.perf_counter() - start, result
-
-    batched_s, ref = timed(lambda: occlusion(model, x, predicted, engine="batched", **options))
-    incremental_s, (exact, info) = timed(lambda: incremental_occlusion(model, x, predicted, report=True, **options))
+    cpu = torch.device("cpu")
+    batched_s, ref = timed(lambda: occlusion(model, x, predicted, engine="batched", **options), cpu)
+    incremental_s, (exact, info) = timed(
+        lambda: incremental_occlusion(model, x, predicted, report=True, **options), cpu)
     out: dict = {
         "model": "netvis fashion-mnist-small (resnet20_cifar, 1 x 28 x 28, trained)", "images": len(x),
         "window": 4, "stride": 2, "grid": list(exact.shape[-2:]), "map": "drop",

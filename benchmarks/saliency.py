@@ -22,47 +22,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
-import platform
-import time
 import warnings
 
 import torch
 import torchvision
+from _timing import device_name, timed
 
 from netvis import saliency
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls (after the first result is kept) and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        result = fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def agreement(low: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -116,10 +84,10 @@ def main() -> None:
     positions = hp * hp
 
     # occlusion: batched re-inference (the incremental engine has benchmarks/occlusion_incremental.py)
-    batched = {"engine": "batched"} if "engine" in inspect.signature(saliency.occlusion).parameters else {}
-    netvis_s, netvis_map = timed(
-        lambda: saliency.occlusion(model, x1, target, window=window, stride=stride, output="drop",
-                                   upsample=True, **batched), device, repeats)
+    def netvis_occlusion(**options):
+        return saliency.occlusion(model, x1, target, window=window, stride=stride, engine="batched", **options)
+
+    netvis_s, netvis_map = timed(lambda: netvis_occlusion(output="drop", upsample=True), device, repeats)
     captum = {}
     captum_map = None
     baselines = x1.mean()
@@ -134,7 +102,7 @@ def main() -> None:
     subset = min(16 if args.quick else 48, positions)
     naive_subset_s, naive_scores = timed(
         lambda: naive_occlusion(model, x1, target, window, stride, subset), device, 1)
-    score_map = saliency.occlusion(model, x1, target, window=window, stride=stride, **batched)
+    score_map = netvis_occlusion()
     naive_diff = float((score_map.flatten()[:subset] - naive_scores).abs().max())
     occlusion = {
         "image": [args.size, args.size], "window": window, "stride": stride, "positions_per_map": positions,
@@ -150,19 +118,30 @@ def main() -> None:
         "max_abs_diff_vs_naive_loop": naive_diff,
     }
 
-    # gradient and guided backprop -----------------------------------------------------------------
+    low_precision = {}
+    if bf16:
+        bf16_s, bf16_map = timed(lambda: netvis_occlusion(output="drop", upsample=True, precision="bf16"),
+                                 device, repeats)
+        low_precision["occlusion"] = {
+            "netvis_bf16_s_per_map": bf16_s,
+            "speedup_vs_captum_best_fp32": captum[best_ppe] / bf16_s,
+            "speedup_vs_netvis_fp32": netvis_s / bf16_s,
+            **agreement(bf16_map, netvis_map),
+        }
+
+    # gradient and guided backprop: netvis (fp32, and bf16 with --bf16) against Captum (fp32) ---------
     xb = torch.rand(args.batch, 3, args.size, args.size, device=device)
     tb = torch.arange(args.batch, device=device) % 1000
     gradients = {}
     pairs = {
-        "gradient": (lambda: saliency.gradient(model, xb, tb),
+        "gradient": (lambda p: saliency.gradient(model, xb, tb, precision=p),
                      lambda: Saliency(model).attribute(xb, target=tb, abs=True)),
-        "guided_backprop": (lambda: saliency.guided_backprop(model, xb, tb),
+        "guided_backprop": (lambda p: saliency.guided_backprop(model, xb, tb, precision=p),
                             lambda: GuidedBackprop(model).attribute(xb, target=tb)),
     }
     for name, (ours, theirs) in pairs.items():
-        ours()  # warm-up
-        ours_s, ours_out = timed(ours, device, repeats)
+        ours("fp32")  # warm-up
+        ours_s, ours_out = timed(lambda ours=ours: ours("fp32"), device, repeats)
         theirs_s, theirs_out = timed(theirs, device, repeats)
         gradients[name] = {
             "batch": args.batch,
@@ -171,34 +150,15 @@ def main() -> None:
             "netvis_over_captum_speed": theirs_s / ours_s,
             "max_abs_diff": float((ours_out - theirs_out).abs().max()),
         }
-
-    low_precision = {}
-    if bf16:
-        fp32_map = netvis_map
-        bf16_s, bf16_map = timed(
-            lambda: saliency.occlusion(model, x1, target, window=window, stride=stride, output="drop",
-                                       upsample=True, precision="bf16", **batched), device, repeats)
-        low_precision["occlusion"] = {
-            "netvis_bf16_s_per_map": bf16_s,
-            "speedup_vs_captum_best_fp32": captum[best_ppe] / bf16_s,
-            "speedup_vs_netvis_fp32": netvis_s / bf16_s,
-            **agreement(bf16_map, fp32_map),
-        }
-        for name, (ours, theirs) in {
-            "gradient": (lambda p: saliency.gradient(model, xb, tb, precision=p),
-                         lambda: Saliency(model).attribute(xb, target=tb, abs=True)),
-            "guided_backprop": (lambda p: saliency.guided_backprop(model, xb, tb, precision=p),
-                                lambda: GuidedBackprop(model).attribute(xb, target=tb)),
-        }.items():
+        if bf16:  # against the fp32 timings and maps above
             ours("bf16")  # warm-up
-            ours_s, ours_out = timed(lambda ours=ours: ours("bf16"), device, repeats)
-            theirs_s, _ = timed(theirs, device, repeats)
+            bf16_s, bf16_out = timed(lambda ours=ours: ours("bf16"), device, repeats)
             low_precision[name] = {
                 "batch": args.batch,
-                "netvis_bf16_images_per_s": args.batch / ours_s,
+                "netvis_bf16_images_per_s": args.batch / bf16_s,
                 "captum_fp32_images_per_s": args.batch / theirs_s,
-                "netvis_bf16_over_captum_fp32_speed": theirs_s / ours_s,
-                **agreement(ours_out, ours("fp32")),
+                "netvis_bf16_over_captum_fp32_speed": theirs_s / bf16_s,
+                **agreement(bf16_out, ours_out),
             }
 
     print(json.dumps({

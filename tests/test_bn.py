@@ -69,15 +69,8 @@ def _brute_force(model: nn.Module, images: torch.Tensor, order: list[str]) -> di
     return result
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster (and far more steadily on a busy machine) on one thread; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+# Tiny models run faster (and far more steadily on a busy machine) on one thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

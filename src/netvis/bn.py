@@ -31,6 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from netvis.hooks import model_device
+
 __all__ = [
     "TRAINABLE_POLICIES",
     "TrainableState",
@@ -177,14 +179,6 @@ def _inputs_of(batch: Any) -> Tensor:
     )
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _modes(model: nn.Module, training: bool) -> Iterator[None]:
     """Put every submodule in train or eval mode, then restore each one's own flag."""
@@ -292,7 +286,7 @@ def recalibrate(
         raise ValueError(
             f"{type(model).__name__} has no batch normalization layer with running statistics to recalibrate"
         )
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     loader = _as_loader(data, batch_size)
 
     def batches() -> Iterator[Tensor]:

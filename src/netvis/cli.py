@@ -5,9 +5,23 @@ Each command calls the library and hands results to :mod:`netvis.render`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
+
+
+@contextlib.contextmanager
+def _reported(*errors: type[BaseException]) -> Iterator[None]:
+    """Show ``errors`` raised in the block as a one-line error (exit status 1) instead of a traceback.
+
+    netvis's ``CheckpointError`` and ``DataError`` are ``ValueError``\\ s.
+    """
+    try:
+        yield
+    except errors as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,10 +73,8 @@ def report_command(checkpoint: str, data: str, out: str, limit: int | None, prog
     from netvis.demo import write_report
     from netvis.train import CheckpointError
 
-    try:
+    with _reported(CheckpointError, DataError, FileNotFoundError):
         path = write_report(checkpoint, data, out, limit=limit, progress=progress)
-    except (CheckpointError, DataError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(f"report: {path.resolve()}")
 
 
@@ -103,8 +115,7 @@ def train_command(out: str, resume: bool, no_eval: bool, model_options: tuple[st
 
     Run it under `torchrun --nproc_per_node=N -m netvis train ...` for data-parallel training.
     """
-    from netvis.data import DataError
-    from netvis.train import CheckpointError, TrainConfig, parse_model_option, resume_config, train
+    from netvis.train import TrainConfig, parse_model_option, resume_config, train
 
     given = {key: value for key, value in options.items() if value is not None}
     if not given.get("sync_bn"):
@@ -122,7 +133,7 @@ def train_command(out: str, resume: bool, no_eval: bool, model_options: tuple[st
                 raise click.UsageError(f"missing {', '.join(missing)} (needed unless --resume)")
             config = TrainConfig(out=out, **given)
         result = train(config, resume=resume)
-    except (ValueError, FileExistsError, CheckpointError, DataError, RuntimeError) as exc:
+    except (ValueError, FileExistsError, RuntimeError) as exc:  # CheckpointError, DataError included
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: {out} keeps the checkpoint of the last completed epoch; continue with "
@@ -148,15 +159,11 @@ def train_command(out: str, resume: bool, no_eval: bool, model_options: tuple[st
 def evaluate_command(checkpoint: str, data: str | None, split: str, batch_size: int, device: str,
                      limit: int | None, progress: bool) -> None:
     """Print a checkpoint's accuracy and confusion matrix on a data set."""
-    from netvis.data import DataError
-    from netvis.train import CheckpointError
     from netvis.train.evaluate import evaluate_checkpoint
 
-    try:
+    with _reported(ValueError):
         result = evaluate_checkpoint(checkpoint, data, split=split, batch_size=batch_size, device=device,
                                      limit=limit, progress=progress)
-    except (ValueError, CheckpointError, DataError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(result.format())
 
 
@@ -187,11 +194,9 @@ def saliency_command(checkpoint: str, images: tuple[str, ...], methods: tuple[st
 
     chosen = list(methods) or ["occlusion", "gradient", "guided-backprop", "grad-cam"]
     report = (lambda msg: click.echo(msg, err=True)) if progress else None
-    try:
+    with _reported(ValueError, FileNotFoundError, RuntimeError):
         written = run_saliency(checkpoint, images, chosen, out, target=target, weights=weights, window=window,
                                stride=stride, layer=layer, progress=report, device=device, precision=precision)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {len(written)} files to {Path(out).resolve()}")
 
 
@@ -216,15 +221,11 @@ def invert_command(checkpoint: str, image: str, layers: tuple[str, ...], out: st
     IMAGE is a PNG/JPG file or sample:N (test image N of the shipped Fashion-MNIST sample). Writes
     target.png, one <layer>.png per layer, inversion.png and inversion.json into --out.
     """
-    from netvis.data import DataError
     from netvis.inversion.run import run_invert
-    from netvis.train import CheckpointError
 
     given = {key: value for key, value in options.items() if value is not None}
-    try:
+    with _reported(ValueError, FileNotFoundError):
         summary = run_invert(checkpoint, image, layers, out, **given)
-    except (ValueError, FileNotFoundError, CheckpointError, DataError) as exc:
-        raise click.ClickException(str(exc)) from exc
     for name, result in summary["layers"].items():
         click.echo(f"{name}: feature error {result['error']:.3%} (start {result['initial_error']:.3%}), "
                    f"{result['n_evals']} evaluations")
@@ -249,14 +250,10 @@ def invert_command(checkpoint: str, image: str, layers: tuple[str, ...], out: st
 @click.option("--progress/--no-progress", default=True)
 def train_inverter_command(checkpoint: str, layer: str, data: str, out: str, **options) -> None:
     """Train a network that inverts CHECKPOINT's --layer (Dosovitskiy & Brox 2016)."""
-    from netvis.data import DataError
     from netvis.inversion.run import run_train_inverter
-    from netvis.train import CheckpointError
 
-    try:
+    with _reported(ValueError, FileNotFoundError):
         _, summary = run_train_inverter(checkpoint, layer, data, out, **options)
-    except (ValueError, FileNotFoundError, CheckpointError, DataError) as exc:
-        raise click.ClickException(str(exc)) from exc
     line = f"{summary['epochs']} epochs, final loss {summary['history'][-1]:.4g}" if summary["history"] else ""
     if "test_mse" in summary:
         line += f", test pixel MSE {summary['test_mse']:.4g}"
@@ -286,18 +283,12 @@ def examples_command(checkpoint: str, layers: tuple[str, ...], data: str | None,
     Under torchrun (torchrun --nproc_per_node=N -m netvis examples ...) the data is split between the
     processes and their results merged exactly; rank 0 writes the files.
     """
-    from pathlib import Path
-
-    from netvis.data import DataError
     from netvis.features.pipeline import run_examples
-    from netvis.train import CheckpointError
 
-    try:
+    with _reported(ValueError):
         index = run_examples(checkpoint, list(layers), data=data, split=split, k=k, reduce=reduce,
                              out=Path(out), batch_size=batch_size, device=device, limit=limit,
                              progress=progress)
-    except (ValueError, CheckpointError, DataError) as exc:
-        raise click.ClickException(str(exc)) from exc
     if index is not None:
         click.echo(f"wrote {index}")
 
@@ -319,14 +310,10 @@ def examples_command(checkpoint: str, layers: tuple[str, ...], data: str | None,
 def serve_command(checkpoint: str, **options) -> None:
     """A local web viewer of CHECKPOINT (a file, run folder or shipped name): layers, channels, saliency,
     inversion. Open the address it prints; stop it with Ctrl-C."""
-    from netvis.data import DataError
     from netvis.serve import run_server
-    from netvis.train import CheckpointError
 
-    try:
+    with _reported(ValueError):
         run_server(checkpoint, **options)
-    except (ValueError, CheckpointError, DataError) as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @main.command("experiment")
@@ -345,19 +332,16 @@ def experiment_command(name: str, data: str | None, setting: str, out: str | Non
                        options: tuple[str, ...], progress: bool) -> None:
     """Run one of the lecture's experiments; `netvis experiment list` names them."""
     from netvis import experiments
-    from netvis.data import DataError
-    from netvis.train import CheckpointError, parse_model_option
+    from netvis.train import parse_model_option
 
     if name == "list":
         for known in experiments.list_experiments():
             click.echo(f"{known:<15} {experiments.get(known).title}")
         return
-    try:
+    with _reported(ValueError):
         overrides = dict(parse_model_option(text) for text in options)
         result = experiments.run(name, data=data, setting=setting, out=out or f"netvis-experiments/{name}",
                                  seed=seed, device=device, progress=progress, **overrides)
-    except (ValueError, CheckpointError, DataError) as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(result.format())
     click.echo(f"\nwrote {result.out / 'index.html'} and {result.out / 'results.json'}")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from netvis.data import load
 from netvis.render.lecture import lecture_report
+from netvis.train._batches import first_items
 from netvis.train.checkpoint import load_checkpoint
 from netvis.train.evaluate import with_preprocess
 
@@ -92,9 +93,7 @@ def write_report(
     ckpt = load_checkpoint(checkpoint)
     train_data = with_preprocess(load(data, "train"), ckpt.preprocess)
     test_data = with_preprocess(load(data, "test"), ckpt.preprocess)
-    if limit is not None:
-        train_data = train_data.subset(range(min(limit, len(train_data))))
-        test_data = test_data.subset(range(min(limit, len(test_data))))
+    train_data, test_data = first_items(train_data, limit), first_items(test_data, limit)
     report, summary = lecture_report(ckpt, train_data, test_data, run_dir=run_dir, progress=progress)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["checkpoint"] = str(ckpt.path)

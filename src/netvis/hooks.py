@@ -38,6 +38,7 @@ __all__ = [
     "capture_activation",
     "eval_session",
     "guided_relus",
+    "model_device",
     "preserved_state",
     "resolve_layer",
     "snapshot",
@@ -48,6 +49,15 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 # Layers
 # ----------------------------------------------------------------------------------------------------
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU for a model without either."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
@@ -392,14 +402,6 @@ def capture_activation(model: nn.Module, layer: nn.Module | str) -> Iterator[Act
         handle.remove()
 
 
-# ----------------------------------------------------------------------------------------------------
-# Guided backpropagation / deconvnet
-# ----------------------------------------------------------------------------------------------------
-
-Rule = Literal["guided", "deconv"]
-
-
-
 class StopForward(Exception):
     """Raised by a :func:`capture_outputs` hook once every wanted layer has run, to skip the rest of the forward."""
 
@@ -441,6 +443,13 @@ def capture_outputs(
     finally:
         for handle in handles:
             handle.remove()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Guided backpropagation / deconvnet
+# ----------------------------------------------------------------------------------------------------
+
+Rule = Literal["guided", "deconv"]
 
 
 class GuidedReLUError(RuntimeError):

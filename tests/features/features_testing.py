@@ -78,12 +78,9 @@ def brute_force_top_k(acts: torch.Tensor, k: int, reduce: str):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and steady on a busy machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(one_thread):
+    """tests/conftest.py's ``one_thread``, made autouse for each test module that imports it from here."""
+    return one_thread
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,10 @@ from netvis.hooks import snapshot, state_differences
 
 
 @pytest.fixture
-def one_thread():
-    """Run a test on one CPU thread (tiny models: threads only add overhead, and on a busy machine
-    OpenMP's spinning makes them far slower); the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def one_thread(one_thread):
+    """tests/conftest.py's ``one_thread``, importable from here: the test modules name it in
+    ``pytest.mark.usefixtures(one_thread.__name__)``."""
+    return one_thread
 
 
 def tiny_cnn(seed: int = 0, channels: int = 1) -> nn.Module:

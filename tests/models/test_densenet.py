@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 import torchvision.models.feature_extraction
+from models_testing import forward_call_counts, n_params
 from torch import nn
 
 from netvis.models import densenet as dn
@@ -27,10 +28,6 @@ from netvis.models.densenet import (
 
 TV_COUNTS = {"densenet121": 7_978_856, "densenet169": 14_149_480, "densenet201": 20_013_928}
 BUILDERS = {"densenet121": densenet121, "densenet169": densenet169, "densenet201": densenet201}
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def formula_params(growth_rate, block_config, num_init_features, num_classes, in_channels=3, stem="imagenet",
@@ -275,15 +272,7 @@ def test_every_relu_is_its_own_module_called_once_and_not_inplace():
     assert relus and not any(m.inplace for m in relus)
     # torchvision's ReLUs (relu0, 2 per dense layer, 1 per transition) plus the final one
     assert len(relus) == 1 + 2 * sum((6, 12, 24, 16)) + 3 + 1
-    calls = {id(m): 0 for m in relus}
-    handles = [m.register_forward_hook(lambda mod, i, o: calls.__setitem__(id(mod), calls[id(mod)] + 1))
-               for m in relus]
-    try:
-        with torch.no_grad():
-            model(torch.randn(1, 3, 64, 64))
-    finally:
-        for h in handles:
-            h.remove()
+    calls = forward_call_counts(model, enumerate(relus), torch.randn(1, 3, 64, 64))
     assert set(calls.values()) == {1}
 
 

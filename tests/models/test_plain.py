@@ -6,14 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from models_testing import forward_call_counts, n_params, randomize_norms
 from torch import nn
 
 from netvis.models import plain as P
 from netvis.models import resnet as R
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def shortcut_params(model: nn.Module) -> int:
@@ -35,18 +32,6 @@ class ZeroShortcut(nn.Module):
     def forward(self, x):
         x = x[:, :1, :: self.stride, :: self.stride]
         return torch.zeros_like(x).expand(-1, self.out_channels, -1, -1)
-
-
-def randomize(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
 
 
 # ---------------------------------------------------------------- parameter counts
@@ -94,7 +79,7 @@ def test_plain18_equals_torchvision_resnet18_with_zero_shortcuts():
     for stage in (ref.layer1, ref.layer2, ref.layer3, ref.layer4):
         for block in stage:  # every shortcut now adds zeros: torchvision's own plain net
             block.downsample = ZeroShortcut(block.conv2.out_channels, block.conv1.stride[0])
-    randomize(ref)
+    randomize_norms(ref)
     ref.eval()
     model = P.plain18()
     model.load_state_dict(ref.state_dict(), strict=True)
@@ -108,7 +93,7 @@ def test_plain18_equals_torchvision_resnet18_with_zero_shortcuts():
 
 def test_plain_block_adds_nothing():
     block = P.PlainBlock(8, 8).eval()
-    randomize(block)
+    randomize_norms(block)
     x = torch.randn(2, 8, 6, 6)
     residual = R.BasicBlock(8, 8).eval()
     residual.load_state_dict(block.state_dict(), strict=True)  # same layers, same names
@@ -180,7 +165,7 @@ def test_invalid_options():
 def test_netvis_batchnorm_gives_equal_outputs():
     pytest.importorskip("netvis.models.batchnorm")
     ref = P.plain20_cifar()
-    randomize(ref)
+    randomize_norms(ref)
     model = P.plain20_cifar(norm_layer="netvis")
     model.load_state_dict(ref.state_dict(), strict=True)
     model.eval()
@@ -198,15 +183,7 @@ def test_relus_are_separate_non_inplace_and_called_once():
     relus = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, nn.ReLU)]
     assert len(relus) == 1 + 9 * 2 == len({id(m) for _, m in relus})
     assert not any(m.inplace for _, m in relus)
-    calls = {n: 0 for n, _ in relus}
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.__setitem__(n, calls[n] + 1))
-               for n, m in relus]
-    try:
-        with torch.no_grad():
-            model(torch.randn(1, 3, 32, 32))
-    finally:
-        for h in handles:
-            h.remove()
+    calls = forward_call_counts(model, relus, torch.randn(1, 3, 32, 32))
     assert set(calls.values()) == {1}
     graph = torch.fx.symbolic_trace(model).graph
     assert not any(n.op == "call_function" and n.target in (F.relu, torch.relu) for n in graph.nodes)

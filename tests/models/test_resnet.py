@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from models_testing import forward_call_counts, n_params, randomize_norms
 from torch import nn
 
 from netvis.models import resnet as R
@@ -19,24 +20,6 @@ TORCHVISION_COUNTS = {
     "resnet101": 44_549_160,
     "resnet152": 60_192_808,
 }
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def randomize_norms(model: nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial statistics and affine parameters, so eval-mode BN is not ~identity."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(c, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(0.1 * torch.randn(c, generator=g))
-                m.num_batches_tracked.zero_()
 
 
 def torchvision_reference(arch: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -444,15 +427,7 @@ def test_every_relu_is_its_own_module_called_once(name):
     assert len(relus) == EXPECTED_RELUS[name]
     assert len({id(m) for _, m in relus}) == len(relus), "a ReLU module is reused"
     assert not any(m.inplace for _, m in relus)
-    calls = {n: 0 for n, _ in relus}
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.__setitem__(n, calls[n] + 1))
-               for n, m in relus]
-    try:
-        with torch.no_grad():
-            model(torch.randn(1, 3, 32, 32, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
+    calls = forward_call_counts(model, relus, torch.randn(1, 3, 32, 32, device="meta"))
     assert all(c == 1 for c in calls.values()), calls
     # no functional ReLU anywhere in the traced graph
     graph = torch.fx.symbolic_trace(model).graph

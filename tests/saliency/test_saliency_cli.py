@@ -55,6 +55,19 @@ def test_bf16_precision_reaches_the_methods(tmp_path):
     assert entry["precision"] == "bf16" and entry["device"] == "cpu"
 
 
+def test_smoothgrad_from_the_command_line(tmp_path):
+    result = _invoke(["fashion-mnist-small", "sample:1", "--method", "smoothgrad", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    clf = load_classifier("fashion-mnist-small")
+    from netvis.inversion.run import load_target
+    from netvis.saliency import smoothgrad
+
+    x = load_target("sample:1", clf.preprocess)
+    pred = int(clf.model(x).argmax())
+    np.testing.assert_allclose(np.load(tmp_path / "sample_1_smoothgrad.npy"),
+                               smoothgrad(clf.model, x, pred, generator=0)[0].numpy(), rtol=1e-5, atol=1e-7)
+
+
 def test_torchvision_model_with_local_weights_and_image_file(tmp_path):
     from PIL import Image
 

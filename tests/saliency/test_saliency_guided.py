@@ -194,4 +194,7 @@ def test_guided_bf16_routes_every_relu_under_autocast(kind):
     torch.testing.assert_close(got, reference_rule_gradient(reference, x, target), rtol=1e-5, atol=1e-6)
     fp32 = guided_backprop(model, x, target)
     torch.testing.assert_close(got, fp32, rtol=0.1, atol=0.05 * float(fp32.abs().max()))
-    assert deconvnet(model, x, target, precision="bf16").shape == x.shape
+    deconv16, deconv32 = deconvnet(model, x, target, precision="bf16"), deconvnet(model, x, target)
+    assert deconv16.shape == x.shape and not torch.equal(deconv16, deconv32)  # bf16 reaches the deconvnet too
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp8'"):
+        deconvnet(model, x, target, precision="fp8")

@@ -11,14 +11,9 @@ from serve_testing import N_IMAGES, TEST_PORT, LiveServer
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the models are tiny and the machine is shared (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def one_thread(one_thread):
+    """Every test in this folder runs on one thread (the fixture is in tests/conftest.py)."""
+    return one_thread
 
 
 @pytest.fixture(scope="session")

@@ -159,10 +159,8 @@ class TensorImageDataset(Dataset):
         self.split = split
         self.source = source
         out_channels = channels if channels is not None else len(self.mean)
-        if normalize:
-            self.preprocess = Preprocess(mean=self.mean, std=self.std, size=size, channels=out_channels)
-        else:
-            self.preprocess = Preprocess(mean=(0.0,), std=(1.0,), size=size, channels=out_channels)
+        p_mean, p_std = (self.mean, self.std) if normalize else ((0.0,), (1.0,))
+        self.preprocess = Preprocess(mean=p_mean, std=p_std, size=size, channels=out_channels)
 
     def __len__(self) -> int:
         return self.images.shape[0]

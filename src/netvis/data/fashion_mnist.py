@@ -92,15 +92,16 @@ def find_idx_files(folder: str | os.PathLike, split: str) -> tuple[Path, Path] |
         ``(images_path, labels_path)``, or ``None`` if either is missing.
     """
     folder = Path(folder)
+    prefixes = _PREFIXES[_check_split(split)]
     found: list[Path] = []
     for kind, ndim in (("images", 3), ("labels", 1)):
-        hit = None
-        for prefix in _PREFIXES[_check_split(split)]:
-            for sep in ("-", "."):
-                for ext in ("", ".gz"):
-                    candidate = folder / f"{prefix}-{kind}{sep}idx{ndim}-ubyte{ext}"
-                    if hit is None and candidate.is_file():
-                        hit = candidate
+        candidates = (
+            folder / f"{prefix}-{kind}{sep}idx{ndim}-ubyte{ext}"
+            for prefix in prefixes
+            for sep in ("-", ".")
+            for ext in ("", ".gz")
+        )
+        hit = next((c for c in candidates if c.is_file()), None)
         if hit is None:
             return None
         found.append(hit)
@@ -165,9 +166,13 @@ def load_idx_folder(
     num_classes = len(classes) if classes is not None else None
     images, labels = read_idx_pair(*files, num_classes=num_classes)
     if classes is None:
-        # Every split's labels count, so that train and test get the same class list.
+        # Every split's labels count, so that train and test get the same class list (this split's
+        # labels are already read).
         label_files = [found[1] for s in _PREFIXES if (found := find_idx_files(folder, s)) is not None]
-        largest = {path: int(read_idx_labels(path).max(initial=0)) for path in label_files}
+        largest = {
+            path: int((labels if path == files[1] else read_idx_labels(path)).max(initial=0))
+            for path in label_files
+        }
         classes = _folder_classes(folder, max(largest.values()))
         for path, top in largest.items():
             if top >= len(classes):

@@ -267,10 +267,9 @@ class ImageFolderDataset(Dataset):
             raise ValueError("give both mean and std, or neither")
         self._mean = tuple(float(m) for m in mean) if mean is not None else None
         self._std = tuple(float(s) for s in std) if std is not None else None
-        if normalize:
-            self.preprocess = Preprocess(mean=self.mean, std=self.std, size=self.size, channels=channels)
-        else:
-            self.preprocess = Preprocess(mean=(0.0,), std=(1.0,), size=self.size, channels=channels)
+        # self.mean/std compute the statistics on first access: only when normalizing.
+        p_mean, p_std = (self.mean, self.std) if normalize else ((0.0,), (1.0,))
+        self.preprocess = Preprocess(mean=p_mean, std=p_std, size=self.size, channels=channels)
 
     def _read(self, path: Path) -> torch.Tensor:
         return read_image(path, channels=self.channels, size=self.size)

@@ -127,15 +127,15 @@ def _load_image_folder(
     validate: bool,
 ) -> ImageFolderDataset:
     folder = split_folder(path, split)
-    if folder is None:
-        if split != "train":
-            raise DataError(
-                f"{path} is one image folder without train/ and {split}/ sub-folders; "
-                "load it as split='train' and carve a part out with "
-                "netvis.data.split(dataset, [0.8, 0.2], seed=0)"
-            )
+    if folder is None and split != "train":
+        raise DataError(
+            f"{path} is one image folder without train/ and {split}/ sub-folders; "
+            "load it as split='train' and carve a part out with "
+            "netvis.data.split(dataset, [0.8, 0.2], seed=0)"
+        )
+    if split == "train":  # the split folder root/train, or the whole (unsplit) folder
         return ImageFolderDataset(
-            path,
+            folder or path,
             size=size,
             channels=channels,
             normalize=normalize,
@@ -144,16 +144,6 @@ def _load_image_folder(
             split=split,
         )
     train_folder = split_folder(path, "train")
-    if folder == train_folder:
-        return ImageFolderDataset(
-            folder,
-            size=size,
-            channels=channels,
-            normalize=normalize,
-            validate=validate,
-            name=path.name,
-            split=split,
-        )
     # Statistics, classes and channels come from the training split, so labels and inputs agree.
     train = ImageFolderDataset(train_folder, size=size, channels=channels, normalize=False, name=path.name)  # type: ignore[arg-type]
     extra = sorted({d.name for d in _class_dirs(folder)} - set(train.classes))

@@ -338,12 +338,27 @@ class Context:
         """A CPU generator seeded from the run's seed and ``streams``."""
         return torch.Generator().manual_seed(mix_seed(self.seed, *streams))
 
+    def pick(self, count: int, n: int, *streams: int) -> Tensor:
+        """``n`` of the positions ``0..count-1`` drawn at random (seeded from ``streams``), in increasing order."""
+        return torch.randperm(count, generator=self.generator(*streams))[:n].sort().values
+
     def subset(self, data: Any, limit: int | None, stream: int = 0) -> Any:
         """``limit`` images of ``data`` drawn at random (seeded), or all of them."""
         if limit is None or limit >= len(data):
             return data
-        order = torch.randperm(len(data), generator=self.generator(99, stream))[:limit]
-        return data.subset(order.sort().values)
+        return data.subset(self.pick(len(data), limit, 99, stream))
+
+    def limited_data(self) -> tuple[Any, Any]:
+        """:meth:`load_data` at the ``image_size`` parameter, each split cut to ``limit_train`` and
+        ``limit_test`` images (:meth:`subset`)."""
+        p = self.params
+        train, test = self.load_data(p["image_size"])
+        return self.subset(train, p["limit_train"]), self.subset(test, p["limit_test"], stream=1)
+
+    def result(self, table: list[dict[str, Any]], **fields: Any) -> ExperimentResult:
+        """An :class:`ExperimentResult` of this run (the experiment's name and title, the setting)."""
+        return ExperimentResult(name=self.experiment.name, title=self.experiment.title, setting=self.setting,
+                                table=table, **fields)
 
     def train(
         self,
@@ -425,6 +440,26 @@ class Context:
         accuracy = result.metrics[-1].get("test_accuracy") if result.metrics else None
         return result.model.eval(), train, test, {"model": f"{p['train_model']} trained here",
                                                   "test_accuracy": accuracy}
+
+
+def inputs(data: Any, indices: Tensor, device: torch.device) -> Tensor:
+    """The images of ``data`` at ``indices``, preprocessed, on ``device``: a model's input."""
+    return data.preprocess(data.images[indices.to(data.images.device)]).to(device)
+
+
+def predict(model: nn.Module, x: Tensor) -> Tensor:
+    """The classes ``model`` predicts for the inputs ``x`` (one forward pass in eval mode, no gradients)."""
+    from netvis.hooks import eval_session
+
+    with eval_session(model, grad=False):
+        return model(x).argmax(1)
+
+
+def describe_model(description: Mapping[str, Any]) -> str:
+    """``"Model: ... (test accuracy ...)"`` from :meth:`Context.model_for_maps`'s description."""
+    value = description.get("test_accuracy")
+    accuracy = "test accuracy unknown" if value is None else f"test accuracy {value:.1%}"
+    return f"Model: {description['model']} ({accuracy})"
 
 
 def hardware(device: torch.device) -> str:

@@ -126,9 +126,7 @@ def _predict(model, data, images: torch.Tensor, device) -> torch.Tensor:
 
 def run(ctx: Context) -> ExperimentResult:
     p = ctx.params
-    train_data, test_data = ctx.load_data(p["image_size"])
-    train_data = ctx.subset(train_data, p["limit_train"])
-    test_data = ctx.subset(test_data, p["limit_test"], stream=1)
+    train_data, test_data = ctx.limited_data()
     k = int(p["cue_class"])
     if not 0 <= k < len(train_data.classes):
         raise ValueError(f"cue_class must be a class index below {len(train_data.classes)}, got {k}")
@@ -148,29 +146,26 @@ def run(ctx: Context) -> ExperimentResult:
     saturation: list[dict[str, Any]] = []
     figures: dict[str, Any] = {}
     findings: list[str] = []
-    metrics: dict[str, Any] = {"marker_patterns": list(patterns), "marker_area": area, "marked_train_images": {},
-                               "peak_on_marker": {}, "mass_on_marker": {}, "other_predicted_as_cue_clean": {},
-                               "other_predicted_as_cue_marked": {}}
+    per_marker = ("marked_train_images", "peak_on_marker", "mass_on_marker", "other_predicted_as_cue_clean",
+                  "other_predicted_as_cue_marked")
+    metrics: dict[str, Any] = {"marker_patterns": list(patterns), "marker_area": area,
+                               **{key: {} for key in per_marker}}
     for index, pattern in enumerate(patterns):
-        part = _one_marker(ctx, train_data, test_data, mask, pattern, stream=10 * index)
+        part = _one_marker(ctx, train_data, test_data, mask, area, pattern, stream=10 * index)
         rows += part["rows"]
         behaviour += part["behaviour"]
         saturation += part["saturation"]
         figures[f"maps-{pattern}"] = part["figure"]
         findings += part["findings"]
-        for key in ("marked_train_images", "peak_on_marker", "mass_on_marker", "other_predicted_as_cue_clean",
-                    "other_predicted_as_cue_marked"):
+        for key in per_marker:
             metrics[key][pattern] = part["metrics"][key]
     if len(patterns) > 1:
         peaks = {pattern: metrics["peak_on_marker"][pattern].get("gradient") for pattern in patterns}
         if all(v is not None for v in peaks.values()):
             findings.append("The plain gradient's peak lies on the marker in " + ", ".join(
                 f"{v:.0%} of the images with the {pattern} marker" for pattern, v in peaks.items()) + ".")
-    return ExperimentResult(
-        name="bias",
-        title="A planted spurious cue, and whether saliency maps reveal it",
-        setting=ctx.setting,
-        table=rows,
+    return ctx.result(
+        rows,
         tables={"behaviour": behaviour, "gradient along the marker's path": saturation},
         figures=figures,
         metrics=metrics,
@@ -189,7 +184,7 @@ def _occlusion_fill(fill: Any, data: Any, device: Any) -> Any:
     raise ValueError(f"occlusion_fill must be 'black', 'mean', 'channel_mean' or a number, got {fill!r}")
 
 
-def _one_marker(ctx: Context, train_data: Any, test_data: Any, mask: torch.Tensor, pattern: str,
+def _one_marker(ctx: Context, train_data: Any, test_data: Any, mask: torch.Tensor, area: float, pattern: str,
                 stream: int) -> dict[str, Any]:
     """Plant one marker pattern, train a network on it and measure its behaviour and the maps."""
     from netvis.hooks import eval_session
@@ -230,7 +225,7 @@ def _one_marker(ctx: Context, train_data: Any, test_data: Any, mask: torch.Tenso
 
     # maps on test images of the cue class, with the marker
     pool = torch.nonzero(cue).flatten()
-    pick = pool[torch.randperm(len(pool), generator=ctx.generator(2))[: int(p["n_images"])]].sort().values
+    pick = pool[ctx.pick(len(pool), int(p["n_images"]), 2)]
     x = test_data.preprocess(add_marker(images[pick], mask, value, pattern)).to(ctx.device)
     target = torch.full((len(pick),), k, dtype=torch.long, device=ctx.device)
     window = p["occlusion_window"] if p["occlusion_window"] is not None else int(p["marker_size"])
@@ -239,7 +234,6 @@ def _one_marker(ctx: Context, train_data: Any, test_data: Any, mask: torch.Tenso
     methods = [m for m in p["methods"] if m != RANDOM] + [RANDOM]
     maps = saliency_maps(model, x, target, methods, options, generator=ctx.generator(3))
     saturation = _saturation(model, test_data.preprocess(images[pick]).to(ctx.device), x, target, mask, pattern)
-    area = float(mask.float().mean())
     rows = []
     for name in methods:
         hits = region_hits(maps[name], mask)
@@ -300,7 +294,7 @@ def _saturation(model, clean: torch.Tensor, marked: torch.Tensor, target: torch.
             logit = model(xa).gather(1, target[:, None]).sum()
             (grad,) = torch.autograd.grad(logit, xa)
             g = grad.detach().abs().amax(1)  # (N, H, W), as saliency.gradient(reduce="max")
-            rows.append({"marker": pattern, "alpha": alpha, "logit": float(logit) / len(target),
+            rows.append({"marker": pattern, "alpha": alpha, "logit": float(logit.detach()) / len(target),
                          "gradient_on_marker": float(g[:, on].mean()), "gradient_elsewhere": float(g[:, ~on].mean()),
                          "largest_elsewhere": float(g[:, ~on].amax(1).mean())})
     return rows

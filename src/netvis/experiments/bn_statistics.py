@@ -60,15 +60,13 @@ def _accuracy_in_train_mode(model, data, order: torch.Tensor, batch_size: int, d
     """Accuracy with every BN layer normalising by its batch (train mode), batches in ``order``; then the
     eval-mode accuracy with the running averages that pass left behind. The model is restored afterwards."""
     from netvis.hooks import preserved_state
+    from netvis.train._batches import iterate
     from netvis.train.evaluate import evaluate
 
     correct = 0
     with preserved_state(model), torch.no_grad():
         model.train()
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            x = data.preprocess(data.images[idx].to(device))
-            y = data.targets[idx].to(device)
+        for x, y in iterate(data, order, batch_size, device):
             correct += int((model(x).argmax(1) == y).sum())
         after = evaluate(model, data, device=device).accuracy
     return correct / len(order), after
@@ -112,9 +110,7 @@ def run(ctx: Context) -> ExperimentResult:
     from netvis.train.evaluate import evaluate
 
     p = ctx.params
-    train_data, test_data = ctx.load_data(p["image_size"])
-    train_data = ctx.subset(train_data, p["limit_train"])
-    test_data = ctx.subset(test_data, p["limit_test"], stream=1)
+    train_data, test_data = ctx.limited_data()
     options = {"stage_channels": tuple(p["stage_channels"])}
     reference = int(p["batch_size"])
     sizes = sorted(set(int(b) for b in p["batch_sizes"]) | {reference})
@@ -122,7 +118,6 @@ def run(ctx: Context) -> ExperimentResult:
     batches = [train_data.preprocess(train_data.images[i : i + 512].to(ctx.device))
                for i in range(0, len(train_data), 512)]
     batch_rows: list[dict[str, Any]] = []
-    models: dict[int, Any] = {}
     for b in sizes:
         timer = Timer()
         lr = p["lr"] * b / reference
@@ -132,7 +127,8 @@ def run(ctx: Context) -> ExperimentResult:
         running = evaluate(model, test_data, device=ctx.device).accuracy
         recomputed_model = recalibrate(copy.deepcopy(model), batches, device=ctx.device)
         recomputed = evaluate(recomputed_model, test_data, device=ctx.device).accuracy
-        models[b] = (model, recomputed_model)
+        if b == reference:
+            reference_model = model
         batch_rows.append(
             {
                 "batch_size": b,
@@ -144,13 +140,15 @@ def run(ctx: Context) -> ExperimentResult:
                 "seconds": round(timer(), 1),
             }
         )
-    model, recomputed_model = models[reference]
-    eval_acc = evaluate(model, test_data, device=ctx.device).accuracy
+    model = reference_model
+    ref_row = next(r for r in batch_rows if r["batch_size"] == reference)
+    running, recomputed = ref_row["test_accuracy_running"], ref_row["test_accuracy_recomputed"]
+    eval_acc = running
     mode_rows: list[dict[str, Any]] = [
         {"mode": "eval", "statistics": "running averages", "batch_size": None, "batches": "", "accuracy": eval_acc,
          "eval_after": eval_acc},
-        {"mode": "eval", "statistics": "recomputed", "batch_size": None, "batches": "",
-         "accuracy": evaluate(recomputed_model, test_data, device=ctx.device).accuracy, "eval_after": None},
+        {"mode": "eval", "statistics": "recomputed", "batch_size": None, "batches": "", "accuracy": recomputed,
+         "eval_after": None},
     ]
     shuffled = torch.randperm(len(test_data), generator=ctx.generator(3))
     by_class = torch.sort(test_data.targets, stable=True).indices
@@ -174,8 +172,6 @@ def run(ctx: Context) -> ExperimentResult:
         "recalibration_gain": {str(r["batch_size"]): r["test_accuracy_recomputed"] - r["test_accuracy_running"]
                                for r in batch_rows},
     }
-    ref_row = next(r for r in batch_rows if r["batch_size"] == reference)
-    running, recomputed = ref_row["test_accuracy_running"], ref_row["test_accuracy_recomputed"]
     findings = [
         f"Recomputing the BN statistics over the training set after training changes test accuracy by "
         f"{recomputed - running:+.1%} at batch size {reference} (running averages {running:.1%}, recomputed "
@@ -196,11 +192,8 @@ def run(ctx: Context) -> ExperimentResult:
         f"After a train-mode pass with batches of {smallest['batch_size']}, the running averages hold the test "
         f"batches' statistics: eval-mode accuracy becomes {smallest['eval_after']:.1%} (was {eval_acc:.1%})."
     )
-    return ExperimentResult(
-        name="bn-statistics",
-        title="BN statistics: running averages, recomputation, batch size, train vs eval mode",
-        setting=ctx.setting,
-        table=batch_rows,
+    return ctx.result(
+        batch_rows,
         tables={"train vs eval mode": mode_rows},
         figures={"bn-statistics": _figure(batch_rows, mode_rows)},
         metrics=metrics,

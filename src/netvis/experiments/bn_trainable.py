@@ -69,9 +69,7 @@ def run(ctx: Context) -> ExperimentResult:
     from netvis.bn import set_trainable
 
     p = ctx.params
-    train_data, test_data = ctx.load_data(p["image_size"])
-    train_data = ctx.subset(train_data, p["limit_train"])
-    test_data = ctx.subset(test_data, p["limit_test"], stream=1)
+    train_data, test_data = ctx.limited_data()
     chance = 1 / len(train_data.classes)
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
@@ -82,7 +80,7 @@ def run(ctx: Context) -> ExperimentResult:
                            trainable=policy)
         total = sum(q.numel() for q in result.model.parameters())
         with set_trainable(result.model, policy) as state:
-            params = {name: q for name, q in result.model.named_parameters()}
+            params = dict(result.model.named_parameters())
             trainable = sum(params[name].numel() for name in state.trainable)
         last = result.metrics[-1]
         curves[policy] = result.metrics
@@ -112,11 +110,8 @@ def run(ctx: Context) -> ExperimentResult:
         findings.append(
             f"Freezing BN at gamma=1, beta=0 and training the rest changes test accuracy by {diff:+.1%}."
         )
-    return ExperimentResult(
-        name="bn-trainable",
-        title="Training all parameters, only BN, or all but BN",
-        setting=ctx.setting,
-        table=rows,
+    return ctx.result(
+        rows,
         figures={"test-accuracy": _figure(curves, chance)},
         metrics=metrics,
         findings=findings,

@@ -68,9 +68,7 @@ def _figure(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]])
 
 def run(ctx: Context) -> ExperimentResult:
     p = ctx.params
-    train_data, test_data = ctx.load_data(p["image_size"])
-    train_data = ctx.subset(train_data, p["limit_train"])
-    test_data = ctx.subset(test_data, p["limit_test"], stream=1)
+    train_data, test_data = ctx.limited_data()
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     for kind in ("plain", "residual"):
@@ -116,11 +114,8 @@ def run(ctx: Context) -> ExperimentResult:
         )
     else:
         findings.append("This run does not show the degradation problem (train longer: the full setting).")
-    return ExperimentResult(
-        name="depth",
-        title="Plain vs residual networks at two depths",
-        setting=ctx.setting,
-        table=rows,
+    return ctx.result(
+        rows,
         figures={"training-error": _figure(rows, curves)},
         metrics=metrics,
         findings=findings,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from netvis.experiments._common import Context, Experiment, ExperimentResult
+from netvis.experiments._common import Context, Experiment, ExperimentResult, describe_model, inputs, predict
 from netvis.experiments.metrics import RANDOM, curve_area, method_options, perturbation_curves, saliency_maps
 
 ALL_METHODS = ("occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
@@ -103,20 +103,12 @@ def _sem(values: torch.Tensor) -> float:
     return float(values.std() / len(values) ** 0.5) if len(values) > 1 else 0.0
 
 
-def _accuracy(description: dict[str, Any]) -> str:
-    value = description.get("test_accuracy")
-    return "test accuracy unknown" if value is None else f"test accuracy {value:.1%}"
-
-
 def run(ctx: Context) -> ExperimentResult:
-    from netvis.hooks import eval_session
-
     p = ctx.params
     model, _, test_data, description = ctx.model_for_maps()
-    indices = torch.randperm(len(test_data), generator=ctx.generator(1))[: int(p["n_images"])].sort().values
-    x = test_data.preprocess(test_data.images[indices]).to(ctx.device)
-    with eval_session(model, grad=False):
-        target = model(x).argmax(1)
+    indices = ctx.pick(len(test_data), int(p["n_images"]), 1)
+    x = inputs(test_data, indices, ctx.device)
+    target = predict(model, x)
     methods = [m for m in p["methods"] if m != RANDOM] + [RANDOM]
     options = method_options(model, tuple(x.shape[-2:]), p, seed=ctx.seed)
     maps = saliency_maps(model, x, target, methods, options, generator=ctx.generator(2), absolute=False)
@@ -154,8 +146,7 @@ def run(ctx: Context) -> ExperimentResult:
         figures[f"curves-{baseline}"] = _figure(curves, str(baseline))
         mean_curves[str(baseline)] = {m: {mode: c[mode].mean(0).tolist() for mode in c} for m, c in curves.items()}
 
-    findings = [f"Model: {description['model']} ({_accuracy(description)}); "
-                f"{len(indices)} test images, {p['steps']} steps."]
+    findings = [f"{describe_model(description)}; {len(indices)} test images, {p['steps']} steps."]
     for baseline in baselines:
         these = [r for r in rows if r["baseline"] == str(baseline)]
         chance = next(r for r in these if r["method"] == RANDOM)
@@ -166,20 +157,12 @@ def run(ctx: Context) -> ExperimentResult:
         if not_below:
             line += f"; NOT below random: {', '.join(not_below)}"
         findings.append(line + ".")
-    return ExperimentResult(
-        name="faithfulness",
-        title="Deletion and insertion curves",
-        setting=ctx.setting,
-        table=rows,
-        figures=figures,
-        metrics={"deletion_auc": {str(b): {r["method"]: r["deletion_auc"] for r in rows if r["baseline"] == str(b)}
-                                  for b in baselines},
-                 "insertion_auc": {str(b): {r["method"]: r["insertion_auc"] for r in rows if r["baseline"] == str(b)}
-                                   for b in baselines},
-                 "mean_curves": mean_curves,
-                 "model": description},
-        findings=findings,
-    )
+    metrics: dict[str, Any] = {
+        key: {str(b): {r["method"]: r[key] for r in rows if r["baseline"] == str(b)} for b in baselines}
+        for key in ("deletion_auc", "insertion_auc")
+    }
+    metrics.update(mean_curves=mean_curves, model=description)
+    return ctx.result(rows, figures=figures, metrics=metrics, findings=findings)
 
 
 EXPERIMENT = Experiment(

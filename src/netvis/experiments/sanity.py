@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from netvis.experiments._common import Context, Experiment, ExperimentResult, mix_seed
+from netvis.experiments._common import Context, Experiment, ExperimentResult, describe_model, inputs, mix_seed, predict
 from netvis.experiments.metrics import layer_units, map_ssim, method_options, randomized_copy, saliency_maps, spearman
 
 ALL_METHODS = ("gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients", "grad-cam",
@@ -74,25 +74,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _compare(reference: dict[str, torch.Tensor], maps: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
-    return {m: (float(spearman(reference[m], maps[m]).mean()), float(map_ssim(reference[m], maps[m]).mean()))
-            for m in reference}
-
-
-def _pick(ctx: Context, data: Any, n: int, stream: int) -> torch.Tensor:
-    order = torch.randperm(len(data), generator=ctx.generator(stream))[:n]
-    return order.sort().values
-
-
-def _inputs(data: Any, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return data.preprocess(data.images[indices.to(data.images.device)]).to(device)
-
-
-def _predict(model, x: torch.Tensor) -> torch.Tensor:
-    from netvis.hooks import eval_session
-
-    with eval_session(model, grad=False):
-        return model(x).argmax(1)
+def _compare(reference: dict[str, torch.Tensor], maps: dict[str, torch.Tensor], test: str, randomized: str,
+             units: int) -> list[dict[str, Any]]:
+    """One row per method: how similar ``maps`` are to ``reference`` (mean Spearman correlation and SSIM)."""
+    return [{"method": m, "test": test, "randomized": randomized, "units": units,
+             "spearman": float(spearman(reference[m], maps[m]).mean()),
+             "ssim": float(map_ssim(reference[m], maps[m]).mean())}
+            for m in reference]
 
 
 def _figure(methods: list[str], original: dict[str, torch.Tensor], steps: list[tuple[str, dict[str, torch.Tensor]]]):
@@ -120,18 +108,12 @@ def _figure(methods: list[str], original: dict[str, torch.Tensor], steps: list[t
     return fig
 
 
-def _accuracy(description: dict[str, Any]) -> str:
-    value = description.get("test_accuracy")
-    return "test accuracy unknown" if value is None else f"test accuracy {value:.1%}"
-
-
 def run(ctx: Context) -> ExperimentResult:
     p = ctx.params
     methods = list(p["methods"])
     model, _, test_data, description = ctx.model_for_maps()
-    indices = _pick(ctx, test_data, int(p["n_images"]), 1)
-    x = _inputs(test_data, indices, ctx.device)
-    target = _predict(model, x)
+    x = inputs(test_data, ctx.pick(len(test_data), int(p["n_images"]), 1), ctx.device)
+    target = predict(model, x)
     options = method_options(model, tuple(x.shape[-2:]), p, seed=ctx.seed)
     original = saliency_maps(model, x, target, methods, options)
     units = layer_units(model, x, p["granularity"])
@@ -142,15 +124,11 @@ def run(ctx: Context) -> ExperimentResult:
         top = units[-i:]
         maps = saliency_maps(randomized_copy(model, top, seed), x, target, methods, options)
         steps.append((top[0], maps))
-        for m, (rho, s) in _compare(original, maps).items():
-            rows.append({"method": m, "test": "cascading", "randomized": top[0], "units": i, "spearman": rho,
-                         "ssim": s})
+        rows += _compare(original, maps, "cascading", top[0], i)
     if p["independent"]:
         for unit in reversed(units):
             maps = saliency_maps(randomized_copy(model, [unit], seed), x, target, methods, options)
-            for m, (rho, s) in _compare(original, maps).items():
-                rows.append({"method": m, "test": "independent", "randomized": unit, "units": 1, "spearman": rho,
-                             "ssim": s})
+            rows += _compare(original, maps, "independent", unit, 1)
     label_info: dict[str, Any] = {}
     if p["labels"]:
         train, test = ctx.load_data(p["image_size"])
@@ -167,14 +145,12 @@ def run(ctx: Context) -> ExperimentResult:
             trained[kind] = result.model.eval()
             label_info[kind] = {"train_accuracy": result.metrics[-1]["train_accuracy"],
                                 "test_accuracy": result.metrics[-1]["test_accuracy"]}
-        xl = _inputs(test, _pick(ctx, test, int(p["n_images"]), 2), ctx.device)
-        tl = _predict(trained["true labels"], xl)
+        xl = inputs(test, ctx.pick(len(test), int(p["n_images"]), 2), ctx.device)
+        tl = predict(trained["true labels"], xl)
         opts = method_options(trained["true labels"], tuple(xl.shape[-2:]), p, seed=ctx.seed)
         true_maps = saliency_maps(trained["true labels"], xl, tl, methods, opts)
         random_maps = saliency_maps(trained["permuted labels"], xl, tl, methods, opts)
-        for m, (rho, s) in _compare(true_maps, random_maps).items():
-            rows.append({"method": m, "test": "labels", "randomized": "training labels", "units": 0, "spearman": rho,
-                         "ssim": s})
+        rows += _compare(true_maps, random_maps, "labels", "training labels", 0)
 
     def value(method: str, test: str, units_count: int | None = None) -> float | None:
         for r in rows:
@@ -192,8 +168,7 @@ def run(ctx: Context) -> ExperimentResult:
     summary = [{"method": m, "spearman_top_unit": top_only[m], "spearman_all_units": full[m],
                 f"below_{PASS_BELOW}_from": below_at[m] or "never", "spearman_labels": labels.get(m)}
                for m in methods]
-    findings = [f"Model: {description['model']} ({_accuracy(description)}); "
-                f"{len(units)} units, from the top: {', '.join(reversed(units))}."]
+    findings = [f"{describe_model(description)}; {len(units)} units, from the top: {', '.join(reversed(units))}."]
     for m in methods:
         line = f"{m}: rank correlation with the trained model's maps {top_only[m]:.2f} after randomising {units[-1]}"
         if below_at[m] is None:
@@ -212,11 +187,8 @@ def run(ctx: Context) -> ExperimentResult:
                                     label_info["permuted labels"]["train_accuracy"],
                                     label_info["permuted labels"]["test_accuracy"])
         )
-    return ExperimentResult(
-        name="sanity",
-        title="Sanity checks for saliency maps",
-        setting=ctx.setting,
-        table=summary,
+    return ctx.result(
+        summary,
         tables={"all comparisons": rows},
         figures={"cascading": _figure(methods, original, steps)},
         metrics={"spearman_all_units": full, "spearman_top_unit": top_only, "spearman_labels": labels,

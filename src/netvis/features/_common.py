@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from netvis import hooks
@@ -41,15 +40,7 @@ def resolve_layers(
     return out, single
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); the CPU for a model without either."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
+model_device = hooks.model_device
 # The capture hooks live with every other hook in netvis.hooks.
 StopForward = hooks.StopForward
 capture = hooks.capture_outputs

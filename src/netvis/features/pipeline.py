@@ -57,6 +57,7 @@ def run_examples(
     import netvis
     from netvis.data import load
     from netvis.render.features import write_examples
+    from netvis.train._batches import first_items
     from netvis.train.distributed import init_distributed
     from netvis.train.evaluate import with_preprocess
 
@@ -71,7 +72,7 @@ def run_examples(
         if limit is not None:
             if limit < 1:
                 raise ValueError(f"limit must be positive, got {limit}")
-            dataset = _first(dataset, limit)
+            dataset = first_items(dataset, limit)
         out = Path(out)
         meta = {"checkpoint": str(checkpoint), "data": str(name), "split": split}
         results = dataset_examples(
@@ -92,11 +93,3 @@ def run_examples(
     finally:
         if ctx.distributed and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _first(dataset, n: int):
-    if hasattr(dataset, "subset"):
-        return dataset.subset(range(min(n, len(dataset))))
-    from torch.utils.data import Subset
-
-    return Subset(dataset, range(min(n, len(dataset))))

@@ -1,4 +1,4 @@
-"""Helpers shared by netvis's model families: input checks and norm-layer resolution."""
+"""Helpers shared by netvis's model families: input checks, norm-layer resolution and construction."""
 
 from __future__ import annotations
 
@@ -55,3 +55,8 @@ def resolve_norm_layer(norm_layer: str | NormLayer | None) -> NormLayer | None:
     raise ValueError(
         f"norm_layer must be 'torch', 'netvis', 'none', None or a callable; got {norm_layer!r}"
     )
+
+
+def make_norm(norm: NormLayer | None, channels: int) -> nn.Module:
+    """A normalization layer over ``channels`` channels, or ``nn.Identity`` when ``norm`` is ``None``."""
+    return nn.Identity() if norm is None else norm(channels)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from ._common import NormLayer, resolve_norm_layer
 from ._common import check_input as _check_input
+from ._common import make_norm as _make_norm
 
 torch.fx.wrap("_check_input")
 
@@ -85,11 +86,6 @@ def _check_fraction(name: str, value: Any, low: float, high: float, *, include_l
         right = "]" if include_high else ")"
         raise ValueError(f"{name} must lie in {left}{low}, {high}{right}; got {value!r}")
     return float(value)
-
-
-def _norm(norm: NormLayer | None, channels: int) -> nn.Module:
-    """A norm module for ``channels`` channels, or ``nn.Identity`` when normalization is off."""
-    return nn.Identity() if norm is None else norm(channels)
 
 
 @contextlib.contextmanager
@@ -147,10 +143,10 @@ class DenseLayer(nn.Module):
         super().__init__()
         bias = norm_layer is None
         width = bn_size * growth_rate
-        self.norm1 = _norm(norm_layer, in_channels)
+        self.norm1 = _make_norm(norm_layer, in_channels)
         self.relu1 = nn.ReLU()
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, stride=1, bias=bias)
-        self.norm2 = _norm(norm_layer, width)
+        self.norm2 = _make_norm(norm_layer, width)
         self.relu2 = nn.ReLU()
         self.conv2 = nn.Conv2d(width, growth_rate, kernel_size=3, stride=1, padding=1, bias=bias)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
@@ -269,7 +265,7 @@ class Transition(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, norm_layer: NormLayer | None) -> None:
         super().__init__()
-        self.norm = _norm(norm_layer, in_channels)
+        self.norm = _make_norm(norm_layer, in_channels)
         self.relu = nn.ReLU()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=1, bias=norm_layer is None)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
@@ -384,7 +380,7 @@ class DenseNet(nn.Module):
             layers: list[tuple[str, nn.Module]] = [
                 ("conv0", nn.Conv2d(in_channels, num_init_features, kernel_size=7, stride=2, padding=3,
                                     bias=bias)),
-                ("norm0", _norm(norm, num_init_features)),
+                ("norm0", _make_norm(norm, num_init_features)),
                 ("relu0", nn.ReLU()),
                 ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
             ]
@@ -404,7 +400,7 @@ class DenseNet(nn.Module):
                     )
                 layers.append((f"transition{i + 1}", Transition(channels, out, norm)))
                 channels = out
-        layers.append(("norm5", _norm(norm, channels)))
+        layers.append(("norm5", _make_norm(norm, channels)))
         self.features = nn.Sequential(OrderedDict(layers))
         self.num_features = channels
 
@@ -459,8 +455,7 @@ class DenseNet(nn.Module):
         Returns:
             ``(N, num_classes)`` logits.
         """
-        x = _check_input(x, self.in_channels, self.arch)
-        return self.forward_head(self.features(x))
+        return self.forward_head(self.forward_features(x))
 
 
 # --------------------------------------------------------------------------------------------------

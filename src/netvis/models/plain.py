@@ -34,15 +34,17 @@ from torch import nn
 
 from ._common import NormLayer, resolve_norm_layer
 from ._common import check_input as _check_input
+from ._common import make_norm as _make_norm
 from .resnet import (
+    _CIFAR_DEFAULTS,
     STEMS,
     ActLayer,
     _check_choice,
     _check_positive_int,
+    _check_stages,
     _conv3x3,
     _init_convs,
     _make_act,
-    _make_norm,
     _stem_modules,
     cifar_blocks_per_stage,
 )
@@ -173,23 +175,7 @@ class PlainNet(nn.Module):
         _check_choice("stem", stem, STEMS)
         _check_positive_int("in_channels", in_channels)
         _check_positive_int("num_classes", num_classes)
-        layers = tuple(layers)
-        if not layers:
-            raise ValueError("layers must list at least one stage")
-        for n in layers:
-            _check_positive_int("layers[i]", n)
-        if stage_channels is None:
-            if len(layers) > 4:
-                raise ValueError("stage_channels is required for more than 4 stages")
-            stage_channels = (64, 128, 256, 512)[: len(layers)]
-        stage_channels = tuple(stage_channels)
-        for c in stage_channels:
-            _check_positive_int("stage_channels[i]", c)
-        if len(stage_channels) != len(layers):
-            raise ValueError(
-                f"stage_channels ({len(stage_channels)} values) and layers ({len(layers)} values) must have "
-                "the same length"
-            )
+        layers, stage_channels = _check_stages(layers, stage_channels)
         if not callable(act_layer):
             raise ValueError(f"act_layer must be a callable building an nn.Module; got {act_layer!r}")
 
@@ -343,10 +329,7 @@ def plain_cifar(depth: int, **options: Any) -> PlainNet:
         ValueError: ``depth`` is not ``6n + 2``, or an option value is invalid.
     """
     n = cifar_blocks_per_stage(depth)
-    options.setdefault("num_classes", 10)
-    options.setdefault("stem", "cifar")
-    options.setdefault("stage_channels", (16, 32, 64))
-    return _plain(f"plain{depth}_cifar", (n, n, n), **options)
+    return _plain(f"plain{depth}_cifar", (n, n, n), **{**_CIFAR_DEFAULTS, **options})
 
 
 def plain20_cifar(**options: Any) -> PlainNet:

@@ -42,6 +42,7 @@ from torch import nn
 
 from ._common import NormLayer, resolve_norm_layer
 from ._common import check_input as _check_input
+from ._common import make_norm as _make_norm
 
 torch.fx.wrap("_check_input")
 
@@ -92,6 +93,33 @@ def _check_positive_int(option: str, value: Any) -> None:
         raise ValueError(f"{option} must be a positive integer; got {value!r}")
 
 
+def _check_stages(
+    layers: Sequence[int], stage_channels: Sequence[int] | None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate the per-stage block counts and channels; return both as tuples.
+
+    ``stage_channels=None`` means the first ``len(layers)`` of ``(64, 128, 256, 512)``.
+    """
+    layers = tuple(layers)
+    if not layers:
+        raise ValueError("layers must list at least one stage")
+    for n in layers:
+        _check_positive_int("layers[i]", n)
+    if stage_channels is None:
+        if len(layers) > 4:
+            raise ValueError("stage_channels is required for more than 4 stages")
+        stage_channels = (64, 128, 256, 512)[: len(layers)]
+    stage_channels = tuple(stage_channels)
+    for c in stage_channels:
+        _check_positive_int("stage_channels[i]", c)
+    if len(stage_channels) != len(layers):
+        raise ValueError(
+            f"stage_channels ({len(stage_channels)} values) and layers ({len(layers)} values) must have "
+            "the same length"
+        )
+    return layers, stage_channels
+
+
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, bias: bool = False):
     """3x3 convolution with padding 1, so that ``stride=1`` keeps the spatial size."""
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups, bias=bias)
@@ -100,11 +128,6 @@ def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int =
 def _conv1x1(in_channels: int, out_channels: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
     """1x1 convolution (channel mixing; with ``stride=2`` it also subsamples)."""
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias)
-
-
-def _make_norm(norm: NormLayer | None, channels: int) -> nn.Module:
-    """A normalization layer over ``channels`` channels, or ``nn.Identity`` when ``norm`` is ``None``."""
-    return nn.Identity() if norm is None else norm(channels)
 
 
 def _make_act(act_layer: ActLayer) -> nn.Module:
@@ -118,8 +141,11 @@ def _make_act(act_layer: ActLayer) -> nn.Module:
     return act
 
 
-def _zero_init_last(norm: nn.Module, conv: nn.Conv2d) -> None:
-    """Make a residual branch output zero at init: zero ``norm``'s scale if it has one, else ``conv``."""
+def _zero_init_last(norm: nn.Module | None, conv: nn.Conv2d) -> None:
+    """Make a residual branch output zero at init: zero ``norm``'s scale if it has one, else ``conv``.
+
+    Pre-activation blocks end in a conv, not a norm: they pass ``norm=None``.
+    """
     weight = getattr(norm, "weight", None)
     if isinstance(weight, nn.Parameter):
         nn.init.zeros_(weight)
@@ -407,7 +433,7 @@ class PreActBasicBlock(nn.Module):
 
     def zero_init_last(self) -> None:
         """Zero ``conv2`` (the branch's last layer) so the block starts as the identity map."""
-        _zero_init_last(nn.Identity(), self.conv2)
+        _zero_init_last(None, self.conv2)
 
 
 class PreActBottleneck(nn.Module):
@@ -486,7 +512,7 @@ class PreActBottleneck(nn.Module):
 
     def zero_init_last(self) -> None:
         """Zero ``conv3`` (the branch's last layer) so the block starts as the identity map."""
-        _zero_init_last(nn.Identity(), self.conv3)
+        _zero_init_last(None, self.conv3)
 
 
 _BLOCK_CLASSES: dict[tuple[str, bool], type[nn.Module]] = {
@@ -587,23 +613,7 @@ class ResNet(nn.Module):
         _check_positive_int("num_classes", num_classes)
         _check_positive_int("groups", groups)
         _check_positive_int("width_per_group", width_per_group)
-        layers = tuple(layers)
-        if not layers:
-            raise ValueError("layers must list at least one stage")
-        for n in layers:
-            _check_positive_int("layers[i]", n)
-        if stage_channels is None:
-            if len(layers) > 4:
-                raise ValueError("stage_channels is required for more than 4 stages")
-            stage_channels = (64, 128, 256, 512)[: len(layers)]
-        stage_channels = tuple(stage_channels)
-        for c in stage_channels:
-            _check_positive_int("stage_channels[i]", c)
-        if len(stage_channels) != len(layers):
-            raise ValueError(
-                f"stage_channels ({len(stage_channels)} values) and layers ({len(layers)} values) must have "
-                "the same length"
-            )
+        layers, stage_channels = _check_stages(layers, stage_channels)
         if block == "basic" and (groups != 1 or width_per_group != 64):
             raise ValueError("block='basic' supports only groups=1 and width_per_group=64")
         if not callable(act_layer):
@@ -650,7 +660,7 @@ class ResNet(nn.Module):
         _init_convs(self)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, tuple(_BLOCK_CLASSES.values())):
+                if isinstance(m, block_cls):
                     m.zero_init_last()
 
         # the constructor's arguments: ``ResNet(**model.config)`` rebuilds the architecture
@@ -848,6 +858,10 @@ def cifar_blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
+# The CIFAR nets' defaults (He et al. 2015, section 4.2), shared with the plain twins; options override them.
+_CIFAR_DEFAULTS: dict[str, Any] = {"num_classes": 10, "stem": "cifar", "stage_channels": (16, 32, 64)}
+
+
 def resnet_cifar(depth: int, **options: Any) -> ResNet:
     """CIFAR-10 ResNet with ``depth = 6n + 2`` layers (He et al. 2015, section 4.2).
 
@@ -873,10 +887,7 @@ def resnet_cifar(depth: int, **options: Any) -> ResNet:
         ValueError: ``depth`` is not ``6n + 2``, or an option value is invalid.
     """
     n = cifar_blocks_per_stage(depth)
-    options.setdefault("num_classes", 10)
-    options.setdefault("stem", "cifar")
-    options.setdefault("stage_channels", (16, 32, 64))
-    return _resnet(f"resnet{depth}_cifar", "basic", (n, n, n), **options)
+    return _resnet(f"resnet{depth}_cifar", "basic", (n, n, n), **{**_CIFAR_DEFAULTS, **options})
 
 
 def resnet20_cifar(**options: Any) -> ResNet:

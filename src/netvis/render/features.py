@@ -159,7 +159,9 @@ def write_examples(
     out.mkdir(parents=True, exist_ok=True)
     sections = []
     for layer, result in results.items():
-        folder = out / _folder_name(layer)
+        name = _folder_name(layer)
+        folder_id = html.escape(name)
+        folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         result.save(folder / "examples.pt")
         regions = None
@@ -185,19 +187,17 @@ def write_examples(
             grid = examples_grid(images, channel_boxes, captions, title=f"{layer} channel {c}")
             png = folder / f"channel_{c:04d}.png"
             grid.save(png)
-            anchor = html.escape(f"{_folder_name(layer)}-{c}")
             src = html.escape(png.relative_to(out).as_posix())
             figures.append(
-                f'<figure id="{anchor}"><img loading="lazy" src="{src}" alt="channel {c}">'
+                f'<figure id="{folder_id}-{c}"><img loading="lazy" src="{src}" alt="channel {c}">'
                 f"<figcaption>channel {c} &middot; top score {result.values[c, 0].item():.4g}</figcaption>"
                 "</figure>"
             )
         info = (f"{result.channels} channels, top {result.k} of {result.num_images} images by the "
                 f"{html.escape(result.reduce)} activation; output {tuple(result.feature_shape)}")
-        folder_id = html.escape(_folder_name(layer))
         links = " ".join(f'<a href="#{folder_id}-{c}">{c}</a>' for c in range(result.channels))
         sections.append(
-            f'<section id="{html.escape(_folder_name(layer))}"><h2>{html.escape(layer)}</h2><p>{info}</p>'
+            f'<section id="{folder_id}"><h2>{html.escape(layer)}</h2><p>{info}</p>'
             f'<p class="links">channels: {links}</p>{"".join(figures)}</section>'
         )
     nav = " ".join(

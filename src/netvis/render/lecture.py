@@ -92,15 +92,9 @@ def section_batchnorm(report: Report, model: nn.Module, train_data, test_data, *
     )
 
     stats = bn_statistics(model)
-    rows = []
-    for s in stats:
-        rows.append([
-            s["name"], s["num_features"],
-            f"{s['running_mean'].mean():.3f}" if s["running_mean"] is not None else "-",
-            f"{s['running_var'].mean():.3f}" if s["running_var"] is not None else "-",
-            f"{s['weight'].mean():.3f}" if s["weight"] is not None else "-",
-            f"{s['bias'].mean():.3f}" if s["bias"] is not None else "-",
-        ])
+    columns = ("running_mean", "running_var", "weight", "bias")
+    rows = [[s["name"], s["num_features"], *(f"{s[c].mean():.3f}" if s[c] is not None else "-" for c in columns)]
+            for s in stats]
     sec.text(f"The model has {len(stats)} BN layers (averages over channels):")
     sec.table(["layer", "channels", "mean(running mean)", "mean(running var)", "mean(gamma)", "mean(beta)"],
               rows)
@@ -297,8 +291,8 @@ def section_inversion(report: Report, ckpt, test_data, *, steps: int = 100, inde
     stages = _stage_layers(model)
     x0 = test_data[index][0].unsqueeze(0)
     # A stronger TV prior past the first stage: deep features constrain the pixels less.
-    results = {name: invert(model, x0, name, steps=steps, seed=0, tv_weight=0.05 if i == 0 else 1.0)
-               for i, name in enumerate(stages)}
+    tv_weights = {name: 0.05 if i == 0 else 1.0 for i, name in enumerate(stages)}
+    results = {name: invert(model, x0, name, steps=steps, seed=0, tv_weight=tv_weights[name]) for name in stages}
     fig = Figure(figsize=(2.1 * (len(stages) + 1), 2.4))
     axes = fig.subplots(1, len(stages) + 1)
     axes[0].imshow(x0[0].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
@@ -308,7 +302,7 @@ def section_inversion(report: Report, ckpt, test_data, *, steps: int = 100, inde
         r = results[name]
         ax.imshow(r.image[0].detach().permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray")
         ax.set_title(f"from {name}\nerror {r.error:.3f}", fontsize=9)
-        rows.append([name, 0.05 if name == stages[0] else 1.0, f"{r.initial_error:.3f}", f"{r.error:.4f}", r.n_evals])
+        rows.append([name, tv_weights[name], f"{r.initial_error:.3f}", f"{r.error:.4f}", r.n_evals])
     for ax in axes:
         ax.axis("off")
     sec.figure(fig, "The same image reconstructed from the features of each stage (L-BFGS, TV prior).")

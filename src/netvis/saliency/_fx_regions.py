@@ -360,10 +360,8 @@ def build_program(model: nn.Module, x: torch.Tensor) -> Program:
                     raise Unsupported(f"{label} modifies a tensor in place that shares memory with another")
                 alias[target] = node  # later readers of the mutated tensor read this node's output
             steps.append(step)
-            if node.op == "call_module":
-                module = fn if isinstance(fn, nn.Module) else None
-                if isinstance(module, nn.Linear):
-                    step.linear_macs = module.in_features * module.out_features
+            if isinstance(fn, nn.Linear):  # a call_module node
+                step.linear_macs = fn.in_features * fn.out_features
 
     # clean pass
     values: dict[torch.fx.Node, Any] = {}
@@ -396,7 +394,7 @@ def build_program(model: nn.Module, x: torch.Tensor) -> Program:
     }
     program = Program(steps, values, dependent, regions, input_node, output, clean_output)
     for step in steps:
-        _classify(step, program, model)
+        _classify(step, program)
     return program
 
 
@@ -412,7 +410,7 @@ def _spatial_const(value: Any) -> bool:
     return value.shape[-1] != 1 or (value.dim() >= 2 and value.shape[-2] != 1)
 
 
-def _classify(step: Step, program: Program, model: nn.Module) -> None:
+def _classify(step: Step, program: Program) -> None:
     node = step.node
     if step.op == "placeholder":
         step.kind = "input" if node is program.input_node else "const"
@@ -429,7 +427,7 @@ def _classify(step: Step, program: Program, model: nn.Module) -> None:
         return
     out_is_region = node in program.regions
     sizes = {program.regions[n][1:] for n in region_inputs}
-    if _elementwise(step, model, program):
+    if _elementwise(step, program):
         if not out_is_region or len(sizes) != 1 or program.regions[node][1:] != next(iter(sizes)):
             step.kind = "global"  # e.g. a broadcast against a smaller map: run it on whole maps
             return
@@ -450,7 +448,7 @@ def _classify(step: Step, program: Program, model: nn.Module) -> None:
                 step.crop_consts.add(n)  # read on each position's box, like the maps
         step.kind = "elementwise"
         return
-    local = _local(step, model, program)
+    local = _local(step, program)
     if local is not None:
         if not out_is_region or len(region_inputs) != 1 or step.inputs[0] is not region_inputs[0]:
             step.kind = "unknown"
@@ -458,7 +456,7 @@ def _classify(step: Step, program: Program, model: nn.Module) -> None:
         step.kind = "local"
         step.local = local
         return
-    if _global(step, model):
+    if _global(step):
         step.kind = "global"
         return
     step.kind = "unknown"
@@ -475,7 +473,7 @@ def _shape_query(step: Step) -> bool:
     return step.op == "call_function" and step.fn is builtins.getattr and step.args[1] in _SHAPE_ATTRIBUTES
 
 
-def _elementwise(step: Step, model: nn.Module, program: Program) -> bool:
+def _elementwise(step: Step, program: Program) -> bool:
     if step.op == "call_module":
         module = step.fn
         if isinstance(module, _ELEMENTWISE_MODULES):
@@ -522,7 +520,7 @@ def _elementwise(step: Step, model: nn.Module, program: Program) -> bool:
     return False
 
 
-def _local(step: Step, model: nn.Module, program: Program) -> Local | None:
+def _local(step: Step, program: Program) -> Local | None:
     """The windowed operation ``step`` computes, or ``None`` when it is not one the engine handles exactly."""
     values = program.values
     src = step.inputs[0] if step.inputs else None
@@ -626,10 +624,6 @@ def _pool(kind: str, geometry: tuple, avg_options: tuple | None, size_in: tuple[
     local = Local(kernel, stride, dilation, padding, padding, -math.inf if kind == "max" else 0.0, lambda t: t)
     if not _consistent(local, size_in, size_out, ceil_mode=bool(ceil_mode)):
         return None
-    floor_sizes = tuple(
-        (n + 2 * p - d * (k - 1) - 1) // s + 1
-        for n, p, d, k, s in zip(size_in, padding, dilation, kernel, stride, strict=True)
-    )
     if kind == "max":
         def run_max(crop: torch.Tensor) -> torch.Tensor:
             return F.max_pool2d(crop, kernel, stride, 0, dilation)
@@ -637,6 +631,10 @@ def _pool(kind: str, geometry: tuple, avg_options: tuple | None, size_in: tuple[
         local.run = run_max
         return local
     count_include_pad, divisor_override = avg_options
+    floor_sizes = tuple(
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, p, d, k, s in zip(size_in, padding, dilation, kernel, stride, strict=True)
+    )
     if floor_sizes != tuple(size_out):
         return None  # ceil_mode adds clipped windows whose divisor the crop would not reproduce
     if not count_include_pad and any(padding):
@@ -666,7 +664,7 @@ def _consistent(local: Local, size_in: tuple[int, int], size_out: tuple[int, int
     return True
 
 
-def _global(step: Step, model: nn.Module) -> bool:
+def _global(step: Step) -> bool:
     if step.op == "call_module":
         return isinstance(step.fn, _GLOBAL_MODULES)
     if step.op == "call_method":

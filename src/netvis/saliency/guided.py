@@ -92,4 +92,4 @@ def deconvnet(model: nn.Module, x: torch.Tensor, target: TargetLike = None, *,
     Returns:
         ``(N, C, H, W)`` on ``x``'s device.
     """
-    return _rule_gradient(model, x, target, "deconv")
+    return _rule_gradient(model, x, target, "deconv", precision)

@@ -48,8 +48,8 @@ from torch import nn
 
 from netvis.hooks import eval_session
 from netvis.saliency._common import TargetLike, check_images, check_model, clean_target
-from netvis.saliency._fx_regions import Plan, Program, Unsupported, build_program, plan_regions
-from netvis.saliency.occlusion import Fill, _fill_values, _upsample, _window_and_stride, occlusion_grid_size
+from netvis.saliency._fx_regions import Plan, Program, Unsupported, _nodes_in, build_program, plan_regions
+from netvis.saliency.occlusion import Fill, _check_arguments, _fill_values, _upsample
 
 __all__ = [
     "AUTO_MAX_MACS_FRACTION",
@@ -209,7 +209,7 @@ class _Engine:
         for i, step in enumerate(self.steps):
             for n in step.inputs:
                 self.last_use[n] = i
-        for n in _nodes(program.output):
+        for n in _nodes_in(program.output):
             self.last_use[n] = len(self.steps)
         self.offsets = {
             node: (box.top.to(device), box.left.to(device)) for node, box in plan.boxes.items() if not box.full
@@ -256,12 +256,11 @@ class _Engine:
             rr = torch.arange(h, device=top.device)[None, :] - dr[:, None]
             cc = torch.arange(w, device=top.device)[None, :] - dc[:, None]
             valid = ((rr >= 0) & (rr < box.h))[:, :, None] & ((cc >= 0) & (cc < box.w))[:, None, :]
-            got = _gather(patch, arange_b, torch.zeros_like(top), torch.zeros_like(left), box.h, box.w)
             flat = (
                 (arange_b[:, None] * box.h + rr.clamp(0, box.h - 1))[:, :, None] * box.w
                 + cc.clamp(0, box.w - 1)[:, None, :]
             ).reshape(-1)
-            got = got.reshape(-1, c).index_select(0, flat).view(b, h, w, c)
+            got = patch.reshape(-1, c).index_select(0, flat).view(b, h, w, c)
             out = torch.where(valid[..., None], got, out)
         return out.permute(0, 3, 1, 2)
 
@@ -366,12 +365,6 @@ class _Engine:
 
 def _map(value: Any, fn: Any) -> Any:
     return torch.fx.node.map_arg(value, fn)
-
-
-def _nodes(value: Any) -> list[torch.fx.Node]:
-    found: list[torch.fx.Node] = []
-    torch.fx.node.map_arg(value, found.append)
-    return found
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -532,15 +525,8 @@ def run_occlusion(
     check_images(x)
     if engine not in ("auto", "incremental"):
         raise ValueError(f"engine must be 'auto' or 'incremental' here, got {engine!r}")
-    (kh, kw), (sh, sw) = _window_and_stride(window, stride)
+    (kh, kw), (sh, sw), (hp, wp) = _check_arguments(x, window, stride, output, precision, batch_size)
     n, _, h, w = x.shape
-    hp, wp = occlusion_grid_size((h, w), (kh, kw), (sh, sw))
-    if output not in ("score", "drop"):
-        raise ValueError(f"output must be 'score' or 'drop', got {output!r}")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     factors = _check_options(tau, drilldown, drilldown_fraction, (sh, sw))
     approximate = tau is not None or factors is not None
     mode = "threshold" if tau is not None else "drilldown" if factors is not None else "exact"
@@ -549,7 +535,6 @@ def run_occlusion(
     x = x.detach()
     start = time.perf_counter()
     total = n * hp * wp
-    common = {"window": (kh, kw), "stride": (sh, sw), "fill": fill, "batch_size": batch_size, "progress": progress}
 
     reason = None
     maps = None
@@ -577,6 +562,7 @@ def run_occlusion(
                     )
             if reason is None:
                 dtype = torch.promote_types(x.dtype, torch.float32)
+                base = clean.to(dtype).view(n, 1, 1)
                 fills = _fill_values(fill, x, kh, kw)
                 runner = _Runner(program, plan, fills, (kh, kw), x.device, resolved, batch_size, progress, dtype)
                 if factors is None:
@@ -584,7 +570,7 @@ def run_occlusion(
                     maps = flat.view(n, hp, wp)
                     info.positions = total
                 else:
-                    maps, info.positions = _drilldown(runner, n, hp, wp, factors, drilldown_fraction, clean.to(dtype))
+                    maps, info.positions = _drilldown(runner, n, hp, wp, factors, drilldown_fraction, base.view(n))
                 info.seconds = time.perf_counter() - start
                 if report and approximate:
                     exact_runner = runner if tau is None else _Runner(
@@ -593,13 +579,10 @@ def run_occlusion(
                     exact = exact_runner.scores(*_all_pairs(n, hp * wp, x.device)).view(n, hp, wp)
                     info.max_abs_diff = float((maps - exact).abs().max())
                     if min(hp, wp) >= 3:  # on the maps returned: scores or drops
-                        shown, reference = maps, exact
-                        if output == "drop":
-                            base = clean.to(dtype).view(n, 1, 1)
-                            shown, reference = base - maps, base - exact
+                        shown, reference = (base - maps, base - exact) if output == "drop" else (maps, exact)
                         info.ssim = [float(v) for v in ssim(shown, reference).reshape(-1)]
                 if output == "drop":
-                    maps = clean.to(dtype).view(n, 1, 1) - maps
+                    maps = base - maps
                 if upsample:
                     maps = _upsample(maps, (h, w), (kh, kw), (sh, sw))
 
@@ -614,8 +597,9 @@ def run_occlusion(
             )
         from netvis.saliency.occlusion import occlusion
 
-        maps = occlusion(model, x, target, output=output, upsample=upsample, precision=precision, engine="batched",
-                         **common)
+        maps = occlusion(model, x, target, window=(kh, kw), stride=(sh, sw), fill=fill, output=output,
+                         upsample=upsample, batch_size=batch_size, progress=progress, precision=precision,
+                         engine="batched")
         info = OcclusionReport(engine="batched", mode="exact", reason=reason, positions=total, total_positions=total,
                                macs_fraction=info.macs_fraction, seconds=time.perf_counter() - start)
     return (maps, info) if report else maps

@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from netvis.hooks import eval_session
-from netvis.saliency._common import TargetLike, check_images, check_model, clean_target
+from netvis.saliency._common import (
+    TargetLike,
+    check_images,
+    check_model,
+    check_precision,
+    clean_target,
+    precision_context,
+)
 
 __all__ = ["occlusion", "occlusion_grid_size"]
 
@@ -54,6 +61,28 @@ def _window_and_stride(
     if stride is None:
         return (kh, kw), (max(kh // 2, 1), max(kw // 2, 1))
     return (kh, kw), _pair(stride, "stride")
+
+
+def _check_arguments(
+    x: torch.Tensor,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int] | None,
+    output: str,
+    precision: str,
+    batch_size: int,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """The checks :func:`occlusion` and :func:`netvis.saliency.incremental.run_occlusion` share.
+
+    Returns ``(kh, kw), (sh, sw), (H', W')``.
+    """
+    (kh, kw), (sh, sw) = _window_and_stride(window, stride)
+    grid = occlusion_grid_size(tuple(x.shape[2:]), (kh, kw), (sh, sw))
+    if output not in ("score", "drop"):
+        raise ValueError(f"output must be 'score' or 'drop', got {output!r}")
+    check_precision(precision)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return (kh, kw), (sh, sw), grid
 
 
 def _fill_values(fill: Fill, x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
@@ -180,15 +209,8 @@ def occlusion(
     """
     check_model(model)
     check_images(x)
-    (kh, kw), (sh, sw) = _window_and_stride(window, stride)
+    (kh, kw), (sh, sw), (hp, wp) = _check_arguments(x, window, stride, output, precision, batch_size)
     n, _, h, w = x.shape
-    hp, wp = occlusion_grid_size((h, w), (kh, kw), (sh, sw))
-    if output not in ("score", "drop"):
-        raise ValueError(f"output must be 'score' or 'drop', got {output!r}")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if engine not in ("auto", "batched", "incremental"):
         raise ValueError(f"engine must be 'auto', 'batched' or 'incremental', got {engine!r}")
     if engine != "batched":
@@ -213,8 +235,7 @@ def occlusion(
     cols_x = torch.arange(w, device=x.device)
     with ExitStack() as stack:
         stack.enter_context(eval_session(model, grad=False))
-        if precision == "bf16":
-            stack.enter_context(torch.autocast(device_type=x.device.type, dtype=torch.bfloat16))
+        stack.enter_context(precision_context(precision, x.device))
         resolved, clean = clean_target(model, prepare(x), target, batch_size)
         bar = None
         if progress:

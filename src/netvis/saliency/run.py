@@ -132,7 +132,7 @@ def _method_options(name: str, model: nn.Module, options: dict[str, Any]) -> dic
     if name in ("grad-cam", "guided-grad-cam"):
         return {"layer": options.get("layer") or default_layer(model)}
     if name == "smoothgrad":
-        return {"seed": options.get("seed", 0)}
+        return {"generator": options.get("seed", 0)}
     return {}
 
 
@@ -176,6 +176,7 @@ def run_saliency(
     clf = load_classifier(spec, weights)
     clf.model.to(dev)
     target_index = _target_index(target, clf.classes)
+    mean, std = getattr(clf.preprocess, "mean", None), getattr(clf.preprocess, "std", None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -186,23 +187,21 @@ def run_saliency(
             scores = clf.model(x).softmax(dim=1)[0]
         cls = int(scores.argmax()) if target_index is None else target_index
         stem = Path(spec_image.replace(":", "_")).stem
-        maps = {}
+        image = x[0].cpu()
+        displays = {}
         for name in methods:
             if progress is not None:
                 progress(f"{spec_image}: {name}")
             fn = METHODS[name]
-            result = fn(clf.model, x, cls, **_method_options(name, clf.model, options))[0].cpu()
-            maps[name] = result
+            result = fn(clf.model, x, cls, **_method_options(name, clf.model, options))[0].detach().cpu()
             raw = out / f"{stem}_{name}.npy"
-            np.save(raw, result.detach().cpu().numpy())
-            display = result.abs().amax(dim=0) if result.dim() == 3 else result
-            png = save_figure(overlay(x[0].cpu(), display, mean=getattr(clf.preprocess, "mean", None),
-                                      std=getattr(clf.preprocess, "std", None),
-                                      title=f"{name}: {clf.classes[cls]}"), out / f"{stem}_{name}.png")
+            np.save(raw, result.numpy())
+            display = displays[name] = result.abs().amax(dim=0) if result.dim() == 3 else result
+            png = save_figure(overlay(image, display, mean=mean, std=std, title=f"{name}: {clf.classes[cls]}"),
+                              out / f"{stem}_{name}.png")
             written += [raw, png]
-        grid = method_grid(x[0].cpu(), {k: (v.abs().amax(dim=0) if v.dim() == 3 else v) for k, v in maps.items()},
-                           scores=scores.cpu(), class_names=clf.classes, target=cls,
-                           mean=getattr(clf.preprocess, "mean", None), std=getattr(clf.preprocess, "std", None))
+        grid = method_grid(image, displays, scores=scores.cpu(), class_names=clf.classes, target=cls, mean=mean,
+                           std=std)
         written.append(save_figure(grid, out / f"{stem}_grid.png"))
         summary.append({"image": spec_image, "target": cls, "class": clf.classes[cls],
                         "probability": float(scores[cls]), "methods": list(methods),

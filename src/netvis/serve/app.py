@@ -188,6 +188,20 @@ def _served(root: Path, request: Request) -> Path:
     return resolve_inside(root, request.path_params["path"])
 
 
+async def _read_body(request: Request, limit: int, too_large: str) -> bytes | Response:
+    """The request body, or the answer to give instead: 413 (``too_large``) as soon as it passes ``limit``
+    bytes, 400 when the client disconnects."""
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return _error(413, too_large, close=True)
+    except ClientDisconnect:
+        return Response(status_code=400)  # nobody is listening any more
+    return bytes(body)
+
+
 def create_app(
     viewer: Viewer | Any,
     *,
@@ -251,15 +265,10 @@ def create_app(
                 return _error(413, f"upload too large: {int(length)} bytes (at most {limit})", close=True)
         if request.headers.get("content-type", "").lower().startswith("multipart/"):
             return _error(415, "send the image file itself as the request body, not a multipart form", close=True)
-        body = bytearray()
-        try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit:
-                    return _error(413, f"upload too large: more than {limit} bytes", close=True)
-        except ClientDisconnect:
-            return Response(status_code=400)  # nobody is listening any more
-        result = await run_in_threadpool(viewer.add_upload, bytes(body))
+        body = await _read_body(request, limit, f"upload too large: more than {limit} bytes")
+        if isinstance(body, Response):
+            return body
+        result = await run_in_threadpool(viewer.add_upload, body)
         return _json(result, 201)
 
     async def submit(request: Request) -> Response:
@@ -268,16 +277,11 @@ def create_app(
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_JSON_BYTES:
             return _error(413, "job request too large", close=True)
-        body = bytearray()
+        body = await _read_body(request, MAX_JSON_BYTES, "job request too large")
+        if isinstance(body, Response):
+            return body
         try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_JSON_BYTES:
-                    return _error(413, "job request too large", close=True)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        try:
-            payload = json.loads(bytes(body) or b"null")
+            payload = json.loads(body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return _error(400, f"invalid JSON: {exc}")
         job = await run_in_threadpool(viewer.submit, payload)

@@ -449,9 +449,14 @@ class Viewer:
         if kind not in builders:
             raise ViewerError(f"unknown job kind {kind!r}; expected one of {', '.join(builders)}")
         params, fn = builders[kind](request)
-        key = params_key({"kind": kind, "data": self.data_hash, **params})
+        key = self._cache_key(kind, params)
         return self.jobs.submit(kind, key, lambda progress: fn(progress, key), params=params,
                                 cached=self.cache.load(kind, key))
+
+    def _cache_key(self, kind: str, params: dict[str, Any]) -> str:
+        """The cache key of a job: its kind, the data and its parameters (the same for :meth:`submit` and
+        :meth:`examples`, so each finds the other's results)."""
+        return params_key({"kind": kind, "data": self.data_hash, **params})
 
     def job(self, job_id: str) -> dict[str, Any]:
         """A job's status, progress and (when done) result."""
@@ -478,7 +483,7 @@ class Viewer:
                  progress: Progress | None = None) -> dict[str, Any]:
         """The examples result of a layer, from the cache or computed now (in the calling thread)."""
         params = self._examples_params({"layer": layer, "k": k, "reduce": reduce})
-        key = params_key({"kind": "examples", "data": self.data_hash, **params})
+        key = self._cache_key("examples", params)
         cached = self.cache.load("examples", key)
         if cached is not None:
             return cached

@@ -26,9 +26,22 @@ def is_tensor_dataset(data: Any) -> bool:
         and images.dtype == torch.uint8
         and isinstance(getattr(data, "targets", None), Tensor)
         and callable(getattr(data, "preprocess", None))
-        # A data set that resizes or converts per item must go through its own __getitem__.
-        and getattr(data, "images", None) is not None
     )
+
+
+def first_items(data: Any, n: int | None) -> Any:
+    """The first ``n`` items of a data set (all when ``n`` is ``None`` or too large).
+
+    A data set with a ``subset(indices)`` method gives a part of its own type; any other a
+    :class:`netvis.data.DatasetSubset`.
+    """
+    if n is None or n >= len(data):
+        return data
+    if hasattr(data, "subset"):
+        return data.subset(torch.arange(n))
+    from netvis.data import DatasetSubset
+
+    return DatasetSubset(data, range(n))
 
 
 def iterate(

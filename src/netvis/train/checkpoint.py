@@ -34,11 +34,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -103,6 +103,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Replace ``path`` atomically with what ``write(handle)`` writes (its folder must exist).
+
+    ``write`` fills a temporary file in the same folder (so the rename cannot cross file systems),
+    which is flushed, ``fsync``\\ ed, made ``0o644`` and ``os.replace``\\ d over ``path``; on any
+    failure or interruption the temporary file is removed and the exception propagates.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
 def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``payload`` with ``torch.save`` atomically: ``path`` holds either the old or the new file.
 
@@ -128,19 +150,7 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> Path
     payload = dict(payload)
     payload.setdefault("format", FORMAT)
     payload.setdefault("format_version", FORMAT_VERSION)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    _atomic_write(path, lambda handle: torch.save(payload, handle))
     _fsync_dir(folder)
     return path
 

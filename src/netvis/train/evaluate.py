@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from netvis.train._batches import classes_of, iterate
+from netvis.hooks import model_device
+from netvis.train._batches import classes_of, first_items, iterate
 
 __all__ = [
     "Evaluation",
@@ -118,12 +119,6 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtypes[precision])
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def evaluate_sums(
     model: nn.Module,
     data: Dataset,
@@ -221,7 +216,7 @@ def evaluate(
 
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty data set")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     names = list(classes) if classes is not None else classes_of(data, getattr(model, "num_classes", None))
     indices = torch.arange(len(data))
     with eval_session(model, grad=False):
@@ -298,7 +293,6 @@ def evaluate_checkpoint(
     """
     from netvis.train.checkpoint import Checkpoint, load_checkpoint
     from netvis.train.distributed import resolve_device
-    from netvis.train.trainer import _first
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     if data is None:
@@ -315,7 +309,7 @@ def evaluate_checkpoint(
             f"the data has {len(dataset_classes)} classes but the checkpoint {ckpt.path} predicts "
             f"{len(ckpt.classes)}"
         )
-    data = _first(with_preprocess(data, ckpt.preprocess), limit)
+    data = first_items(with_preprocess(data, ckpt.preprocess), limit)
     dev = resolve_device(device)
     model = ckpt.model.to(dev)
     return evaluate(model, data, batch_size=batch_size, device=dev, classes=ckpt.classes, progress=progress)

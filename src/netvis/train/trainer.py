@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,9 +40,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from netvis.train import distributed as D
-from netvis.train._batches import classes_of, data_description, is_tensor_dataset
+from netvis.train._batches import classes_of, data_description, first_items, is_tensor_dataset
 from netvis.train.augment import CropFlip
-from netvis.train.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from netvis.train.checkpoint import CheckpointError, _atomic_write, read_checkpoint, save_checkpoint
 from netvis.train.evaluate import autocast_context, evaluate_sums
 
 __all__ = [
@@ -300,18 +299,7 @@ def resume_config(run_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
@@ -326,24 +314,13 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _first(data: Any, n: int | None) -> Any:
-    """The first ``n`` items of a data set (all when ``n`` is ``None`` or too large)."""
-    if n is None or n >= len(data):
-        return data
-    if hasattr(data, "subset"):
-        return data.subset(torch.arange(n))
-    from netvis.data import DatasetSubset
-
-    return DatasetSubset(data, range(n))
-
-
 def _load_data(config: TrainConfig) -> tuple[Any, Any]:
     from netvis.data import load
 
-    train_data = _first(load(config.data, "train"), config.limit_train)
+    train_data = first_items(load(config.data, "train"), config.limit_train)
     test_data = None
     if config.eval_split is not None:
-        test_data = _first(load(config.data, config.eval_split), config.limit_test)
+        test_data = first_items(load(config.data, config.eval_split), config.limit_test)
     return train_data, test_data
 
 
@@ -441,8 +418,8 @@ class _Run:
             train_data, loaded_test = _load_data(config)
             test_data = loaded_test if test_data is None else test_data
         else:
-            train_data = _first(train_data, config.limit_train)
-            test_data = _first(test_data, config.limit_test) if test_data is not None else None
+            train_data = first_items(train_data, config.limit_train)
+            test_data = first_items(test_data, config.limit_test) if test_data is not None else None
         if len(train_data) == 0:
             raise ValueError(f"the training data {config.data!r} is empty")
         self.description = data_description(train_data, config.data)
