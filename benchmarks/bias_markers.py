@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from netvis import experiments
+from netvis.app import experiments
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 from click.testing import CliRunner
 
-from netvis.cli import main
+from netvis.app.cli import main
 
 
 def test_models_lists_names_with_parameter_counts():

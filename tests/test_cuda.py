@@ -100,7 +100,7 @@ def test_cli_on_the_device_writes_the_cpu_maps(tmp_path):
     import numpy as np
     from click.testing import CliRunner
 
-    from netvis.cli import main
+    from netvis.app.cli import main
 
     for device in ("cpu", DEVICE):
         result = CliRunner().invoke(main, ["saliency", "fashion-mnist-small", "sample:2", "--method", "gradient",

@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from netvis.cli import main
+from netvis.app.cli import main
 from netvis.data import load
-from netvis.render.lecture import lecture_report
-from netvis.render.report import Report
+from netvis.app.render.lecture import lecture_report
+from netvis.app.render.report import Report
 from netvis.train import TrainConfig, train
 from netvis.train.checkpoint import load_checkpoint
 from netvis.train.evaluate import evaluate, with_preprocess
@@ -70,7 +70,7 @@ def test_lecture_report_sections_and_numbers(tiny_checkpoint, tmp_path):
 
 def test_demo_command_writes_the_report(tiny_checkpoint, tmp_path, monkeypatch):
     ckpt, _ = tiny_checkpoint
-    import netvis.demo as demo
+    import netvis.app.demo as demo
 
     real_load = demo.load
     monkeypatch.setattr(demo, "load", lambda name, split: real_load(name, split).subset(range(24)))

@@ -1,5 +1,5 @@
 """``python -m netvis`` runs the command line (also under torchrun)."""
 
-from netvis.cli import main
+from netvis.app.cli import main
 
 main()

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from netvis.cli import main
+from netvis.app.cli import main
 
 
 def test_experiment_list_names_every_experiment():

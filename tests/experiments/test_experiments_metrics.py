@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from netvis.experiments import metrics as M
+from netvis.app.experiments import metrics as M
 
 
 def test_ranks_average_ties_like_scipy():

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from netvis import experiments
-from netvis.experiments.metrics import RANDOM
+from netvis.app import experiments
+from netvis.app.experiments.metrics import RANDOM
 
 
 def test_registry_names_and_errors():

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from features_testing import one_thread  # noqa: F401 - a fixture
 from PIL import Image
 
-from netvis.cli import main
+from netvis.app.cli import main
 from netvis.features import DatasetExamples, dataset_examples
-from netvis.features.pipeline import STATE_FILE
+from netvis.app.jobs.features import STATE_FILE
 
 
 @pytest.fixture

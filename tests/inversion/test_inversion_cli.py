@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from inversion_testing import one_thread
 from PIL import Image
 
-from netvis.cli import main
+from netvis.app.cli import main
 from netvis.data import Preprocess
 from netvis.inversion import Inverter
 from netvis.models import create

@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from netvis.render import image_to_array, map_to_array, method_grid, overlay, overlay_array, save_figure
+from netvis.app.render import image_to_array, map_to_array, method_grid, overlay, overlay_array, save_figure
 
 
 def test_image_to_array_keeps_unit_range_and_rescales_otherwise():

@@ -8,9 +8,9 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-from netvis.cli import main
+from netvis.app.cli import main
 from netvis.saliency import gradient, occlusion
-from netvis.saliency.run import load_classifier
+from netvis.app.jobs.saliency import load_classifier
 
 
 def _invoke(args):
@@ -25,7 +25,7 @@ def test_shipped_checkpoint_on_a_sample_image(tmp_path):
                  "saliency.json"]:
         assert (tmp_path / name).is_file(), name
     clf = load_classifier("fashion-mnist-small")
-    from netvis.inversion.run import load_target
+    from netvis.app.jobs.inversion import load_target
 
     x = load_target("sample:3", clf.preprocess)
     pred = int(clf.model(x).argmax())
@@ -41,7 +41,7 @@ def test_bf16_precision_reaches_the_methods(tmp_path):
                       "--precision", "bf16", "--device", "cpu", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     clf = load_classifier("fashion-mnist-small")
-    from netvis.inversion.run import load_target
+    from netvis.app.jobs.inversion import load_target
 
     x = load_target("sample:5", clf.preprocess)
     pred = int(clf.model(x).argmax())
@@ -59,7 +59,7 @@ def test_smoothgrad_from_the_command_line(tmp_path):
     result = _invoke(["fashion-mnist-small", "sample:1", "--method", "smoothgrad", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     clf = load_classifier("fashion-mnist-small")
-    from netvis.inversion.run import load_target
+    from netvis.app.jobs.inversion import load_target
     from netvis.saliency import smoothgrad
 
     x = load_target("sample:1", clf.preprocess)

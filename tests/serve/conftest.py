@@ -37,7 +37,7 @@ def serve_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def viewer(serve_checkpoint, tmp_path_factory):
     """A viewer over the first 64 test images of the sample, with its cache in a temporary folder."""
-    from netvis.serve import Viewer
+    from netvis.app.serve import Viewer
 
     v = Viewer(serve_checkpoint, data="fashion-mnist-sample", split="test", limit=N_IMAGES,
                cache=tmp_path_factory.mktemp("serve-cache"), workers=2)
@@ -50,7 +50,7 @@ def client(viewer):
     """An in-process test client whose requests carry ``Host: 127.0.0.1:8000``."""
     from starlette.testclient import TestClient
 
-    from netvis.serve import create_app
+    from netvis.app.serve import create_app
 
     with TestClient(create_app(viewer, port=TEST_PORT), base_url=f"http://127.0.0.1:{TEST_PORT}") as c:
         yield c

@@ -39,7 +39,7 @@ class LiveServer:
     def __init__(self, viewer, **app_options) -> None:
         import uvicorn
 
-        from netvis.serve import create_app
+        from netvis.app.serve import create_app
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -111,7 +111,7 @@ def test_examples_job_matches_dataset_examples(client, viewer):
 
 def test_filters_job_is_guided_backprop_of_the_channel_on_its_top_images(client, viewer):
     from netvis.features import filter_visualization
-    from netvis.serve.viewer import signed_picture
+    from netvis.app.serve.viewer import signed_picture
 
     examples = run_job(client, {"kind": "examples", "layer": "layer3", "k": 6})
     result = run_job(client, {"kind": "filters", "layer": "layer3", "k": 6, "channel": 2, "n": 3})
@@ -128,7 +128,7 @@ def test_filters_job_is_guided_backprop_of_the_channel_on_its_top_images(client,
 
 
 def test_saliency_job_shows_every_method_for_the_predicted_and_a_chosen_class(client, viewer):
-    from netvis.render.figures import map_to_array
+    from netvis.app.render.figures import map_to_array
     from netvis.saliency import gradient
 
     result = run_job(client, {"kind": "saliency", "image": "sample:5"})
@@ -203,7 +203,7 @@ def test_results_are_cached_on_disk_under_the_checkpoint_hash(client, viewer, se
 
     from starlette.testclient import TestClient
 
-    from netvis.serve import Viewer, create_app
+    from netvis.app.serve import Viewer, create_app
 
     request = {"kind": "saliency", "image": "sample:9", "methods": ["gradient", "grad-cam"]}
     first = client.post("/api/jobs", json=request).json()
@@ -275,7 +275,7 @@ def test_cli_serve_refuses_a_remote_address_without_the_flag(monkeypatch, serve_
     import uvicorn
     from click.testing import CliRunner
 
-    from netvis.cli import main
+    from netvis.app.cli import main
 
     runner = CliRunner()
     refused = runner.invoke(main, ["serve", str(serve_checkpoint), "--host", "0.0.0.0"])

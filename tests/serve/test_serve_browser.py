@@ -158,7 +158,7 @@ def test_viewer_upload_in_the_browser(browser, live_server, tmp_path):
 def test_static_report_in_the_browser(browser, serve_checkpoint, tmp_path):
     import netvis
     from netvis.data import load
-    from netvis.render.lecture import lecture_report
+    from netvis.app.render.lecture import lecture_report
     from netvis.train.evaluate import with_preprocess
 
     ckpt = netvis.load_checkpoint(serve_checkpoint)

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from netvis.serve import FileRefused, JobCancelled, JobQueue, allowed_host_headers, resolve_inside
-from netvis.serve.cache import Cache, params_key
+from netvis.app.serve import FileRefused, JobCancelled, JobQueue, allowed_host_headers, resolve_inside
+from netvis.app.serve.cache import Cache, params_key
 
 
 def wait(queue: JobQueue, job_id: str, timeout: float = 10.0) -> dict:

@@ -57,7 +57,7 @@ def test_loopback_hosts_with_the_port_are_accepted(client, host):
 def test_an_explicitly_allowed_host_is_accepted(viewer):
     from starlette.testclient import TestClient
 
-    from netvis.serve import allowed_host_headers, create_app
+    from netvis.app.serve import allowed_host_headers, create_app
 
     assert allowed_host_headers(80, ["Viewer.LAN"]) >= {"localhost", "127.0.0.1:80", "viewer.lan", "viewer.lan:80"}
     app = create_app(viewer, port=TEST_PORT, allowed_hosts=["viewer.lan", "10.0.0.5:9000"])

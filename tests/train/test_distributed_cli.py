@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from netvis.cli import main
+from netvis.app.cli import main
 from netvis.train import TrainConfig, read_checkpoint, train
 from netvis.train.distributed import shard
 

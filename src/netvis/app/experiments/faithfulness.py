@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from netvis.experiments._common import Context, Experiment, ExperimentResult, describe_model, inputs, predict
-from netvis.experiments.metrics import RANDOM, curve_area, method_options, perturbation_curves, saliency_maps
+from netvis.app.experiments._common import Context, Experiment, ExperimentResult, describe_model, inputs, predict
+from netvis.app.experiments.metrics import RANDOM, curve_area, method_options, perturbation_curves, saliency_maps
 
 ALL_METHODS = ("occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
                "grad-cam", "guided-grad-cam")

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from netvis.experiments._common import Context, Experiment, ExperimentResult, Timer
+from netvis.app.experiments._common import Context, Experiment, ExperimentResult, Timer
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "fast": {

@@ -14,7 +14,7 @@ image (edges, a kind of image recovery), not the model. Three tests, for every s
 Similarity of two maps: the Spearman rank correlation of their absolute values (:func:`spearman`) and
 the SSIM of the maps scaled to ``[0, 1]`` (:func:`map_ssim`), averaged over the test images. Maps of
 all models explain the same class: the one the trained model predicts. Re-initialisation: see
-:func:`netvis.experiments.metrics.randomized_copy`.
+:func:`netvis.app.experiments.metrics.randomized_copy`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from netvis.experiments._common import Context, Experiment, ExperimentResult, describe_model, inputs, mix_seed, predict
-from netvis.experiments.metrics import layer_units, map_ssim, method_options, randomized_copy, saliency_maps, spearman
+from netvis.app.experiments._common import Context, Experiment, ExperimentResult, describe_model, inputs, mix_seed, predict
+from netvis.app.experiments.metrics import layer_units, map_ssim, method_options, randomized_copy, saliency_maps, spearman
 
 ALL_METHODS = ("gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients", "grad-cam",
                "guided-grad-cam", "occlusion")

@@ -1,6 +1,6 @@
 """The lecture as one report: every section computed on a checkpoint and its data.
 
-:func:`lecture_report` builds a :class:`netvis.render.report.Report` in the lecture's order. Each
+:func:`lecture_report` builds a :class:`netvis.app.render.report.Report` in the lecture's order. Each
 ``section_*`` function is independent, takes the pieces it needs and appends one section, so the
 report, the demo and the viewer share them.
 """
@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from netvis.render.report import Report
+from netvis.app.render.report import Report
 
 EXPLAIN = {
     "bn": (
@@ -206,7 +206,7 @@ def sample_images(test_data, n: int, seed: int = 0) -> tuple[torch.Tensor, torch
 
 def section_saliency(report: Report, ckpt, test_data, *, n_images: int = 4, window: int = 6, stride: int = 2):
     """Occlusion, gradient, guided backprop and Grad-CAM side by side on sample images."""
-    from netvis.render.figures import method_grid
+    from netvis.app.render.figures import method_grid
     from netvis.saliency import default_layer, grad_cam, gradient, guided_backprop, occlusion
 
     model = ckpt.model
@@ -245,7 +245,7 @@ def _stage_layers(model: nn.Module) -> list[str]:
 def section_features(report: Report, ckpt, test_data, *, layer: str | None = None, channels: int = 4, k: int = 8):
     """Dataset examples of a few channels beside guided-backprop visualizations of the same units."""
     from netvis.features import dataset_examples, filter_visualization, receptive_field
-    from netvis.render.features import display_images, examples_grid
+    from netvis.app.render.features import display_images, examples_grid
 
     model = ckpt.model
     stages = _stage_layers(model)

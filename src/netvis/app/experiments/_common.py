@@ -144,7 +144,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 @dataclass
 class ExperimentResult:
-    """What :func:`netvis.experiments.run` returns.
+    """What :func:`netvis.app.experiments.run` returns.
 
     Attributes:
         name: the experiment's name.
@@ -204,7 +204,7 @@ class ExperimentResult:
         Returns:
             The path of ``index.html``.
         """
-        from netvis.render.report import Report
+        from netvis.app.render.report import Report
 
         out = Path(out)
         (out / "figures").mkdir(parents=True, exist_ok=True)

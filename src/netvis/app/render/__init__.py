@@ -1,6 +1,6 @@
 """Rendering: matplotlib figures for saliency maps (overlays, method grids) and helpers to save them."""
 
-from netvis.render.figures import (
+from netvis.app.render.figures import (
     image_to_array,
     map_to_array,
     method_grid,

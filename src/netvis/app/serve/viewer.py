@@ -1,7 +1,7 @@
 """What the web viewer computes: a checkpoint, a data set, a disk cache and a queue of background jobs.
 
-:class:`Viewer` is independent of the web framework: :mod:`netvis.serve.app` only parses requests and
-calls it. Every computation is a job (see :mod:`netvis.serve.jobs`) whose result is cached on disk under
+:class:`Viewer` is independent of the web framework: :mod:`netvis.app.serve.app` only parses requests and
+calls it. Every computation is a job (see :mod:`netvis.app.serve.jobs`) whose result is cached on disk under
 the checkpoint's hash and the job's parameters:
 
 ======================  ========================================================================================
@@ -41,8 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from netvis.saliency import METHODS
-from netvis.serve.cache import Cache, default_cache_dir, file_sha256, params_key
-from netvis.serve.jobs import Job, JobQueue
+from netvis.app.serve.cache import Cache, default_cache_dir, file_sha256, params_key
+from netvis.app.serve.jobs import Job, JobQueue
 
 __all__ = ["UploadError", "Viewer", "ViewerError", "SALIENCY_METHODS"]
 
@@ -594,7 +594,7 @@ class Viewer:
 
     def _saliency(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
         from netvis.hooks import eval_session
-        from netvis.render.figures import map_to_array, overlay_array
+        from netvis.app.render.figures import map_to_array, overlay_array
 
         x = self._inputs(self.image(params["image"])[None])
         with self.model_lock, eval_session(self.model, grad=False):

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from netvis.experiments._common import Context, Experiment, ExperimentResult
-from netvis.experiments.metrics import (
+from netvis.app.experiments._common import Context, Experiment, ExperimentResult
+from netvis.app.experiments.metrics import (
     MARKER_PATTERNS,
     RANDOM,
     add_marker,
@@ -188,7 +188,7 @@ def _one_marker(ctx: Context, train_data: Any, test_data: Any, mask: torch.Tenso
                 stream: int) -> dict[str, Any]:
     """Plant one marker pattern, train a network on it and measure its behaviour and the maps."""
     from netvis.hooks import eval_session
-    from netvis.render.figures import method_grid
+    from netvis.app.render.figures import method_grid
 
     p = ctx.params
     k = int(p["cue_class"])

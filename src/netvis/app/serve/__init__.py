@@ -6,10 +6,10 @@
 * :func:`run_server` -- load, print the address, serve with uvicorn (loopback only unless told otherwise).
 """
 
-from netvis.serve.app import HostGuard, allowed_host_headers, create_app, run_server
-from netvis.serve.cache import Cache, FileRefused, resolve_inside
-from netvis.serve.jobs import Job, JobCancelled, JobQueue
-from netvis.serve.viewer import SALIENCY_METHODS, UploadError, Viewer, ViewerError
+from netvis.app.serve.app import HostGuard, allowed_host_headers, create_app, run_server
+from netvis.app.serve.cache import Cache, FileRefused, resolve_inside
+from netvis.app.serve.jobs import Job, JobCancelled, JobQueue
+from netvis.app.serve.viewer import SALIENCY_METHODS, UploadError, Viewer, ViewerError
 
 __all__ = [
     "SALIENCY_METHODS",

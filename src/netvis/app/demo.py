@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from netvis.data import load
-from netvis.render.lecture import lecture_report
+from netvis.app.render.lecture import lecture_report
 from netvis.train._batches import first_items
 from netvis.train.checkpoint import load_checkpoint
 from netvis.train.evaluate import with_preprocess

@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = ["Job", "JobCancelled", "JobQueue"]
 
-log = logging.getLogger("netvis.serve")
+log = logging.getLogger("netvis.app.serve")
 
 QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", "cancelled"
 

@@ -1,7 +1,7 @@
 """``netvis examples`` end to end: checkpoint and data in, dataset-example grids and an index page out.
 
 The command line only parses arguments and calls :func:`run_examples`, which loads, computes (one pass,
-resumable, split between processes under torchrun) and hands the results to :mod:`netvis.render.features`.
+resumable, split between processes under torchrun) and hands the results to :mod:`netvis.app.render.features`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def run_examples(
 
     import netvis
     from netvis.data import load
-    from netvis.render.features import write_examples
+    from netvis.app.render.features import write_examples
     from netvis.train._batches import first_items
     from netvis.train.distributed import init_distributed
     from netvis.train.evaluate import with_preprocess

@@ -48,12 +48,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from netvis.serve.cache import FileRefused, resolve_inside
-from netvis.serve.viewer import UploadError, Viewer, ViewerError, check_bind
+from netvis.app.serve.cache import FileRefused, resolve_inside
+from netvis.app.serve.viewer import UploadError, Viewer, ViewerError, check_bind
 
 __all__ = ["HostGuard", "create_app", "allowed_host_headers", "run_server", "STATIC_DIR"]
 
-STATIC_DIR = Path(os.fspath(resources.files("netvis.serve") / "static"))
+STATIC_DIR = Path(os.fspath(resources.files("netvis.app.serve") / "static"))
 """The viewer's HTML, JavaScript and CSS."""
 
 MAX_JSON_BYTES = 64 * 1024
@@ -212,7 +212,7 @@ def create_app(
     """The viewer's ASGI application.
 
     Args:
-        viewer: A :class:`~netvis.serve.viewer.Viewer`, or what :class:`Viewer` takes as its checkpoint (a
+        viewer: A :class:`~netvis.app.serve.viewer.Viewer`, or what :class:`Viewer` takes as its checkpoint (a
             path, run folder or shipped name); the app then owns the viewer and closes it on shutdown.
         port: The port the server listens on (``Host`` headers must carry it).
         allowed_hosts: More ``Host`` values to accept (e.g. the machine's name with ``--allow-remote``).
@@ -357,7 +357,7 @@ def run_server(
         allowed_hosts: More ``Host`` header values to accept (the bound address is accepted already).
         log_level: uvicorn's log level.
         **viewer_options: ``data``, ``split``, ``cache``, ``limit``, ``workers``, ``device``, ... (see
-            :class:`~netvis.serve.viewer.Viewer`).
+            :class:`~netvis.app.serve.viewer.Viewer`).
 
     Raises:
         ValueError: a non-loopback ``host`` without ``allow_remote``, or a bad checkpoint or data set.

@@ -12,7 +12,7 @@
 Each runs in a ``"fast"`` setting (a CPU, the Fashion-MNIST sample shipped with netvis) and a ``"full"``
 setting (a GPU, the full data set)::
 
-    from netvis import experiments
+    from netvis.app import experiments
     result = experiments.run("faithfulness", setting="fast", out="runs/faithfulness")
     result.table          # list of dicts
     result.figures        # name -> matplotlib Figure
@@ -29,12 +29,12 @@ import shlex
 from typing import Any
 
 _TABLE = {
-    "depth": "netvis.experiments.depth",
-    "bn-trainable": "netvis.experiments.bn_trainable",
-    "bn-statistics": "netvis.experiments.bn_statistics",
-    "bias": "netvis.experiments.bias",
-    "sanity": "netvis.experiments.sanity",
-    "faithfulness": "netvis.experiments.faithfulness",
+    "depth": "netvis.app.experiments.depth",
+    "bn-trainable": "netvis.app.experiments.bn_trainable",
+    "bn-statistics": "netvis.app.experiments.bn_statistics",
+    "bias": "netvis.app.experiments.bias",
+    "sanity": "netvis.app.experiments.sanity",
+    "faithfulness": "netvis.app.experiments.faithfulness",
 }
 
 __all__ = ["get", "list_experiments", "run"]
@@ -46,7 +46,7 @@ def list_experiments() -> list[str]:
 
 
 def get(name: str):
-    """The :class:`netvis.experiments._common.Experiment` called ``name``.
+    """The :class:`netvis.app.experiments._common.Experiment` called ``name``.
 
     Raises:
         ValueError: unknown name (the message lists the known ones).
@@ -92,14 +92,14 @@ def run(
         **options: override single parameters of the setting (each experiment's ``settings`` lists them).
 
     Returns:
-        An :class:`netvis.experiments._common.ExperimentResult`.
+        An :class:`netvis.app.experiments._common.ExperimentResult`.
 
     Raises:
         ValueError: unknown experiment, setting, option or device.
     """
     import torch
 
-    from netvis.experiments._common import Context, Timer, hardware
+    from netvis.app.experiments._common import Context, Timer, hardware
     from netvis.train.distributed import resolve_device
 
     experiment = get(name)

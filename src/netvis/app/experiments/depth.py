@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from netvis.experiments._common import Context, Experiment, ExperimentResult, Timer
+from netvis.app.experiments._common import Context, Experiment, ExperimentResult, Timer
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "fast": {

@@ -1,6 +1,6 @@
 """The ``netvis`` command line: argument parsing and a lookup, no math.
 
-Each command calls the library and hands results to :mod:`netvis.render`.
+Each command calls the library and hands results to :mod:`netvis.app.render`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def models_command() -> None:
               help="Checkpoint to study (path or shipped name) without --train.")
 def demo_command(out: str, train_first: bool, epochs: int, checkpoint: str) -> None:
     """The whole lecture on the shipped Fashion-MNIST sample, ending in an HTML report."""
-    from netvis.demo import run_demo
+    from netvis.app.demo import run_demo
 
     path = run_demo(out, checkpoint=checkpoint, train=train_first, epochs=epochs)
     click.echo(f"report: {path.resolve()}")
@@ -70,7 +70,7 @@ def demo_command(out: str, train_first: bool, epochs: int, checkpoint: str) -> N
 def report_command(checkpoint: str, data: str, out: str, limit: int | None, progress: bool) -> None:
     """A self-contained HTML report of the lecture for CHECKPOINT (a file, run folder or shipped name)."""
     from netvis.data import DataError
-    from netvis.demo import write_report
+    from netvis.app.demo import write_report
     from netvis.train import CheckpointError
 
     with _reported(CheckpointError, DataError, FileNotFoundError):
@@ -190,7 +190,7 @@ def saliency_command(checkpoint: str, images: tuple[str, ...], methods: tuple[st
                      out: str, weights: str | None, window: int | None, stride: int | None, layer: str | None,
                      device: str, precision: str, progress: bool) -> None:
     """Saliency maps for IMAGES (files or sample:N) under CHECKPOINT (a checkpoint or torchvision:NAME)."""
-    from netvis.saliency.run import run_saliency
+    from netvis.app.jobs.saliency import run_saliency
 
     chosen = list(methods) or ["occlusion", "gradient", "guided-backprop", "grad-cam"]
     report = (lambda msg: click.echo(msg, err=True)) if progress else None
@@ -221,7 +221,7 @@ def invert_command(checkpoint: str, image: str, layers: tuple[str, ...], out: st
     IMAGE is a PNG/JPG file or sample:N (test image N of the shipped Fashion-MNIST sample). Writes
     target.png, one <layer>.png per layer, inversion.png and inversion.json into --out.
     """
-    from netvis.inversion.run import run_invert
+    from netvis.app.jobs.inversion import run_invert
 
     given = {key: value for key, value in options.items() if value is not None}
     with _reported(ValueError, FileNotFoundError):
@@ -250,7 +250,7 @@ def invert_command(checkpoint: str, image: str, layers: tuple[str, ...], out: st
 @click.option("--progress/--no-progress", default=True)
 def train_inverter_command(checkpoint: str, layer: str, data: str, out: str, **options) -> None:
     """Train a network that inverts CHECKPOINT's --layer (Dosovitskiy & Brox 2016)."""
-    from netvis.inversion.run import run_train_inverter
+    from netvis.app.jobs.inversion import run_train_inverter
 
     with _reported(ValueError, FileNotFoundError):
         _, summary = run_train_inverter(checkpoint, layer, data, out, **options)
@@ -283,7 +283,7 @@ def examples_command(checkpoint: str, layers: tuple[str, ...], data: str | None,
     Under torchrun (torchrun --nproc_per_node=N -m netvis examples ...) the data is split between the
     processes and their results merged exactly; rank 0 writes the files.
     """
-    from netvis.features.pipeline import run_examples
+    from netvis.app.jobs.features import run_examples
 
     with _reported(ValueError):
         index = run_examples(checkpoint, list(layers), data=data, split=split, k=k, reduce=reduce,
@@ -310,7 +310,7 @@ def examples_command(checkpoint: str, layers: tuple[str, ...], data: str | None,
 def serve_command(checkpoint: str, **options) -> None:
     """A local web viewer of CHECKPOINT (a file, run folder or shipped name): layers, channels, saliency,
     inversion. Open the address it prints; stop it with Ctrl-C."""
-    from netvis.serve import run_server
+    from netvis.app.serve import run_server
 
     with _reported(ValueError):
         run_server(checkpoint, **options)
@@ -331,7 +331,7 @@ def serve_command(checkpoint: str, **options) -> None:
 def experiment_command(name: str, data: str | None, setting: str, out: str | None, seed: int, device: str,
                        options: tuple[str, ...], progress: bool) -> None:
     """Run one of the lecture's experiments; `netvis experiment list` names them."""
-    from netvis import experiments
+    from netvis.app import experiments
     from netvis.train import parse_model_option
 
     if name == "list":
