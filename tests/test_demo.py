@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from netvis.app.cli import main
-from netvis.data import load
 from netvis.app.render.lecture import lecture_report
 from netvis.app.render.report import Report
+from netvis.data import load
 from netvis.train import TrainConfig, train
 from netvis.train.checkpoint import load_checkpoint
 from netvis.train.evaluate import evaluate, with_preprocess

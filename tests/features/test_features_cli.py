@@ -12,8 +12,8 @@ from features_testing import one_thread  # noqa: F401 - a fixture
 from PIL import Image
 
 from netvis.app.cli import main
-from netvis.features import DatasetExamples, dataset_examples
 from netvis.app.jobs.features import STATE_FILE
+from netvis.features import DatasetExamples, dataset_examples
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import torchvision
 from click.testing import CliRunner
 
 from netvis.app.cli import main
-from netvis.saliency import gradient, occlusion
 from netvis.app.jobs.saliency import load_classifier
+from netvis.saliency import gradient, occlusion
 
 
 def _invoke(args):

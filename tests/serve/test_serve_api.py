@@ -110,8 +110,8 @@ def test_examples_job_matches_dataset_examples(client, viewer):
 
 
 def test_filters_job_is_guided_backprop_of_the_channel_on_its_top_images(client, viewer):
-    from netvis.features import filter_visualization
     from netvis.app.serve.viewer import signed_picture
+    from netvis.features import filter_visualization
 
     examples = run_job(client, {"kind": "examples", "layer": "layer3", "k": 6})
     result = run_job(client, {"kind": "filters", "layer": "layer3", "k": 6, "channel": 2, "n": 3})

@@ -157,8 +157,8 @@ def test_viewer_upload_in_the_browser(browser, live_server, tmp_path):
 
 def test_static_report_in_the_browser(browser, serve_checkpoint, tmp_path):
     import netvis
-    from netvis.data import load
     from netvis.app.render.lecture import lecture_report
+    from netvis.data import load
     from netvis.train.evaluate import with_preprocess
 
     ckpt = netvis.load_checkpoint(serve_checkpoint)

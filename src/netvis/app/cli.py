@@ -69,8 +69,8 @@ def demo_command(out: str, train_first: bool, epochs: int, checkpoint: str) -> N
 @click.option("--progress/--no-progress", default=True)
 def report_command(checkpoint: str, data: str, out: str, limit: int | None, progress: bool) -> None:
     """A self-contained HTML report of the lecture for CHECKPOINT (a file, run folder or shipped name)."""
-    from netvis.data import DataError
     from netvis.app.demo import write_report
+    from netvis.data import DataError
     from netvis.train import CheckpointError
 
     with _reported(CheckpointError, DataError, FileNotFoundError):

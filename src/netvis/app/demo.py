@@ -10,8 +10,8 @@ import json
 import time
 from pathlib import Path
 
-from netvis.data import load
 from netvis.app.render.lecture import lecture_report
+from netvis.data import load
 from netvis.train._batches import first_items
 from netvis.train.checkpoint import load_checkpoint
 from netvis.train.evaluate import with_preprocess

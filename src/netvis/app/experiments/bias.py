@@ -187,8 +187,8 @@ def _occlusion_fill(fill: Any, data: Any, device: Any) -> Any:
 def _one_marker(ctx: Context, train_data: Any, test_data: Any, mask: torch.Tensor, area: float, pattern: str,
                 stream: int) -> dict[str, Any]:
     """Plant one marker pattern, train a network on it and measure its behaviour and the maps."""
-    from netvis.hooks import eval_session
     from netvis.app.render.figures import method_grid
+    from netvis.hooks import eval_session
 
     p = ctx.params
     k = int(p["cue_class"])

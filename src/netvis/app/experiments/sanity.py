@@ -23,8 +23,23 @@ from typing import Any
 
 import torch
 
-from netvis.app.experiments._common import Context, Experiment, ExperimentResult, describe_model, inputs, mix_seed, predict
-from netvis.app.experiments.metrics import layer_units, map_ssim, method_options, randomized_copy, saliency_maps, spearman
+from netvis.app.experiments._common import (
+    Context,
+    Experiment,
+    ExperimentResult,
+    describe_model,
+    inputs,
+    mix_seed,
+    predict,
+)
+from netvis.app.experiments.metrics import (
+    layer_units,
+    map_ssim,
+    method_options,
+    randomized_copy,
+    saliency_maps,
+    spearman,
+)
 
 ALL_METHODS = ("gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients", "grad-cam",
                "guided-grad-cam", "occlusion")

@@ -55,8 +55,8 @@ def run_examples(
     import torch.distributed as dist
 
     import netvis
-    from netvis.data import load
     from netvis.app.render.features import write_examples
+    from netvis.data import load
     from netvis.train._batches import first_items
     from netvis.train.distributed import init_distributed
     from netvis.train.evaluate import with_preprocess

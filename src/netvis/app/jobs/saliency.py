@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from netvis.data import Preprocess
 from netvis.app.jobs.inversion import load_target
 from netvis.app.render.figures import method_grid, overlay, save_figure
+from netvis.data import Preprocess
 from netvis.saliency import METHODS, default_layer
 
 __all__ = ["Classifier", "load_classifier", "run_saliency"]

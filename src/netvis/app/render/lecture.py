@@ -244,8 +244,8 @@ def _stage_layers(model: nn.Module) -> list[str]:
 
 def section_features(report: Report, ckpt, test_data, *, layer: str | None = None, channels: int = 4, k: int = 8):
     """Dataset examples of a few channels beside guided-backprop visualizations of the same units."""
-    from netvis.features import dataset_examples, filter_visualization, receptive_field
     from netvis.app.render.features import display_images, examples_grid
+    from netvis.features import dataset_examples, filter_visualization, receptive_field
 
     model = ckpt.model
     stages = _stage_layers(model)

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from netvis.saliency import METHODS
 from netvis.app.serve.cache import Cache, default_cache_dir, file_sha256, params_key
 from netvis.app.serve.jobs import Job, JobQueue
+from netvis.saliency import METHODS
 
 __all__ = ["UploadError", "Viewer", "ViewerError", "SALIENCY_METHODS"]
 
@@ -593,8 +593,8 @@ class Viewer:
         return {}
 
     def _saliency(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
-        from netvis.hooks import eval_session
         from netvis.app.render.figures import map_to_array, overlay_array
+        from netvis.hooks import eval_session
 
         x = self._inputs(self.image(params["image"])[None])
         with self.model_lock, eval_session(self.model, grad=False):
