@@ -52,7 +52,7 @@ import torchvision
 from _timing import device_name, sync, timed
 
 from netvis.saliency.incremental import incremental_occlusion, ssim
-from netvis.saliency.occlusion import _upsample, occlusion
+from netvis.saliency.occlusion import occlusion, upsample_map
 
 
 def build(name: str, state_path: str | None = None) -> torch.nn.Module:
@@ -193,7 +193,7 @@ def bench_model(name: str, args: argparse.Namespace, stride: int, ppes: list[int
     for key, r in results.items():
         entry = {k: v for k, v in r.items() if k != "map"}
         if key.startswith("captum"):
-            ours = _upsample(ref_drop, (args.size, args.size), (args.window, args.window), (stride, stride))
+            ours = upsample_map(ref_drop, (args.size, args.size), (args.window, args.window), (stride, stride))
             covered = ~torch.isnan(ours)
             entry["max_abs_diff_vs_batched_drop_upsampled"] = float((r["map"] - ours)[covered].abs().max())
         else:

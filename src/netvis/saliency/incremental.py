@@ -45,11 +45,12 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from netvis.hooks import eval_session
 from netvis.saliency._common import TargetLike, check_images, check_model, clean_target
 from netvis.saliency._fx_regions import Plan, Program, Unsupported, _nodes_in, build_program, plan_regions
-from netvis.saliency.occlusion import Fill, _check_arguments, _fill_values, _upsample
+from netvis.saliency._occlusion_grid import Fill, batched_occlusion, check_arguments, fill_values, upsample_map
 
 __all__ = [
     "AUTO_MAX_MACS_FRACTION",
@@ -525,7 +526,7 @@ def run_occlusion(
     check_images(x)
     if engine not in ("auto", "incremental"):
         raise ValueError(f"engine must be 'auto' or 'incremental' here, got {engine!r}")
-    (kh, kw), (sh, sw), (hp, wp) = _check_arguments(x, window, stride, output, precision, batch_size)
+    (kh, kw), (sh, sw), (hp, wp) = check_arguments(x, window, stride, output, precision, batch_size)
     n, _, h, w = x.shape
     factors = _check_options(tau, drilldown, drilldown_fraction, (sh, sw))
     approximate = tau is not None or factors is not None
@@ -563,7 +564,7 @@ def run_occlusion(
             if reason is None:
                 dtype = torch.promote_types(x.dtype, torch.float32)
                 base = clean.to(dtype).view(n, 1, 1)
-                fills = _fill_values(fill, x, kh, kw)
+                fills = fill_values(fill, x, kh, kw)
                 runner = _Runner(program, plan, fills, (kh, kw), x.device, resolved, batch_size, progress, dtype)
                 if factors is None:
                     flat = runner.scores(*_all_pairs(n, hp * wp, x.device))
@@ -584,7 +585,7 @@ def run_occlusion(
                 if output == "drop":
                     maps = base - maps
                 if upsample:
-                    maps = _upsample(maps, (h, w), (kh, kw), (sh, sw))
+                    maps = upsample_map(maps, (h, w), (kh, kw), (sh, sw))
 
     if maps is None:
         if engine == "incremental" and reason not in _WARNED.setdefault(model, set()):
@@ -595,11 +596,9 @@ def run_occlusion(
                 IncrementalFallbackWarning,
                 stacklevel=3,
             )
-        from netvis.saliency.occlusion import occlusion
-
-        maps = occlusion(model, x, target, window=(kh, kw), stride=(sh, sw), fill=fill, output=output,
-                         upsample=upsample, batch_size=batch_size, progress=progress, precision=precision,
-                         engine="batched")
+        maps = batched_occlusion(model, x, target, window=(kh, kw), stride=(sh, sw), grid=(hp, wp), fill=fill,
+                                 output=output, upsample=upsample, batch_size=batch_size, progress=progress,
+                                 precision=precision)
         info = OcclusionReport(engine="batched", mode="exact", reason=reason, positions=total, total_positions=total,
                                macs_fraction=info.macs_fraction, seconds=time.perf_counter() - start)
     return (maps, info) if report else maps
@@ -637,8 +636,6 @@ class _Runner:
         out = torch.empty(total, dtype=self.dtype, device=image.device)
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=total, desc="occlusion (incremental)", unit="img")
         try:
             with torch.no_grad():
