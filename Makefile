@@ -26,10 +26,13 @@ demo: venv
 # One torch thread per test process: the tests run many small models, where a second thread only spins.
 test: venv
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]; docs/architecture.md draws them).
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) netvis-report

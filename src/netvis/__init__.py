@@ -7,6 +7,8 @@ methods that show what a trained CNN looks at and what its units respond to.
 netvis); it is imported on first use, so ``import netvis`` stays light.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 # Imported on first access (PEP 562) so that ``import netvis`` does not import torch.
@@ -20,8 +22,6 @@ __all__ = ["__version__", "load_checkpoint", "CheckpointError"]
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'netvis' has no attribute {name!r}")
 

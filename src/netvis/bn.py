@@ -30,8 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
-from netvis.hooks import model_device
+from netvis._checks import check_positive_int
+from netvis._compat import BatchNormBase
+from netvis.devices import device_for
+from netvis.hooks import StopForward, call_order
 
 __all__ = [
     "TRAINABLE_POLICIES",
@@ -70,7 +74,7 @@ def is_batchnorm(module: nn.Module) -> bool:
     Returns:
         ``True`` if the module is a BN layer.
     """
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if isinstance(module, BatchNormBase):
         return True
     if not hasattr(module, "momentum"):
         return False
@@ -104,10 +108,6 @@ def _has_stats(module: nn.Module) -> bool:
 # --------------------------------------------------------------------------------------------------
 # recalibration
 # --------------------------------------------------------------------------------------------------
-
-
-class _StopForward(Exception):
-    """Raised by a recalibration hook once its layer's input is seen: the rest of the net is not needed."""
 
 
 class _Moments:
@@ -195,23 +195,8 @@ def _forward_order(
     model: nn.Module, layers: list[tuple[str, nn.Module]], x: Tensor
 ) -> list[tuple[str, nn.Module]]:
     """The BN layers in the order the forward pass first calls them (unused layers at the end)."""
-    seen: dict[int, int] = {}
-    handles = []
-    for index, (_, module) in enumerate(layers):
-
-        def hook(_module, _args, index=index):
-            seen.setdefault(index, len(seen))
-
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    called = sorted(seen, key=seen.__getitem__)
-    unused = [i for i in range(len(layers)) if i not in seen]
-    return [layers[i] for i in called + unused]
+    called = call_order(model, [module for _, module in layers], x)
+    return [layers[i] for i in called] + [layer for i, layer in enumerate(layers) if i not in called]
 
 
 def recalibrate(
@@ -279,14 +264,13 @@ def recalibrate(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     layers = [(name, m) for name, m in bn_layers(model) if _has_stats(m)]
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no batch normalization layer with running statistics to recalibrate"
         )
-    device = torch.device(device) if device is not None else model_device(model)
+    device = device_for(model, device)
     loader = _as_loader(data, batch_size)
 
     def batches() -> Iterator[Tensor]:
@@ -302,8 +286,6 @@ def recalibrate(
         layers = _forward_order(model, layers, first)
         progress_bar = None
         if progress:
-            from tqdm.auto import tqdm
-
             progress_bar = tqdm(total=len(layers), desc="recalibrating BN", unit="layer")
         try:
             for name, layer in layers:
@@ -311,14 +293,14 @@ def recalibrate(
 
                 def hook(_module, args, moments=moments):
                     moments.add(args[0])
-                    raise _StopForward
+                    raise StopForward
 
                 handle = layer.register_forward_pre_hook(hook)
                 try:
                     for x in batches():
                         try:
                             model(x)
-                        except _StopForward:
+                        except StopForward:
                             pass
                 finally:
                     handle.remove()

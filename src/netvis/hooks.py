@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,15 +27,20 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as _module
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from netvis import _compat
+from netvis._compat import TorchDispatchMode
+from netvis.devices import model_device
 
 __all__ = [
     "ActivationCapture",
     "GuidedReLUError",
+    "StopForward",
     "ModelState",
+    "call_order",
     "capture_activation",
+    "capture_outputs",
     "eval_session",
     "guided_relus",
     "model_device",
@@ -49,15 +54,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 # Layers
 # ----------------------------------------------------------------------------------------------------
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); the CPU for a model without either."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
@@ -120,32 +116,6 @@ def _module_names(model: nn.Module) -> dict[int, str]:
 # State snapshots
 # ----------------------------------------------------------------------------------------------------
 
-_MODULE_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-)
-_GLOBAL_HOOK_DICTS = (
-    "_global_forward_hooks",
-    "_global_forward_hooks_with_kwargs",
-    "_global_forward_hooks_always_called",
-    "_global_forward_pre_hooks",
-    "_global_backward_hooks",
-    "_global_backward_pre_hooks",
-    "_global_buffer_registration_hooks",
-    "_global_module_registration_hooks",
-    "_global_parameter_registration_hooks",
-)
-
-
 @dataclass
 class ModelState:
     """What :func:`snapshot` records about a model; compare two with :func:`state_differences`.
@@ -173,18 +143,6 @@ class ModelState:
     modes: tuple = ()
 
 
-def _hook_keys(obj: Any) -> tuple:
-    hooks = getattr(obj, "_backward_hooks", None)
-    post = getattr(obj, "_post_accumulate_grad_hooks", None)
-    return (tuple(hooks) if hooks else (), tuple(post) if post else ())
-
-
-def _dispatch_mode_depth() -> int:
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-
-    return len(_get_current_dispatch_mode_stack())
-
-
 def snapshot(model: nn.Module, *, values: bool = True) -> ModelState:
     """Record the state a method could change on ``model``.
 
@@ -200,24 +158,24 @@ def snapshot(model: nn.Module, *, values: bool = True) -> ModelState:
     for name, m in model.named_modules():
         name = name or "<model>"
         state.training.append((name, m, m.training))
-        for dict_name in _MODULE_HOOK_DICTS:
-            hooks = getattr(m, dict_name, None)
+        for dict_name in _compat.MODULE_HOOK_DICTS:
+            hooks = _compat.module_hook_dict(m, dict_name)
             state.hooks.append((name, dict_name, tuple(hooks) if hooks is not None else ()))
-        for bname, buf in m._buffers.items():
+        for bname, buf in _compat.module_buffers(m).items():
             copy = buf.detach().clone() if (values and buf is not None) else None
             state.buffers.append((name, m, bname, buf, copy))
     for name, p in model.named_parameters():
         state.requires_grad.append((name, p, p.requires_grad))
         g = p.grad
         state.grads.append((name, p, g, g.detach().clone() if (values and g is not None) else None))
-        state.hooks.append((name, "tensor hooks", _hook_keys(p)))
-    for dict_name in _GLOBAL_HOOK_DICTS:
-        hooks = getattr(_module, dict_name, None)
+        state.hooks.append((name, "tensor hooks", _compat.tensor_hook_keys(p)))
+    for dict_name in _compat.GLOBAL_HOOK_DICTS:
+        hooks = _compat.global_hook_dict(dict_name)
         state.hooks.append(("torch.nn.modules.module", dict_name, tuple(hooks) if hooks is not None else ()))
     state.modes = (
         torch.is_grad_enabled(),
-        torch._C._len_torch_function_stack(),
-        _dispatch_mode_depth(),
+        _compat.torch_function_mode_depth(),
+        _compat.dispatch_mode_depth(),
     )
     return state
 
@@ -275,8 +233,9 @@ def _restore(state: ModelState) -> None:
             if g is not None and copy is not None and not torch.equal(g, copy):
                 g.copy_(copy)
         for _, m, bname, buf, copy in state.buffers:
-            if m._buffers.get(bname) is not buf:
-                m._buffers[bname] = buf
+            buffers = _compat.module_buffers(m)
+            if buffers.get(bname) is not buf:
+                buffers[bname] = buf
             if buf is not None and copy is not None and not torch.equal(buf, copy):
                 buf.copy_(copy)
 
@@ -403,7 +362,46 @@ def capture_activation(model: nn.Module, layer: nn.Module | str) -> Iterator[Act
 
 
 class StopForward(Exception):
-    """Raised by a :func:`capture_outputs` hook once every wanted layer has run, to skip the rest of the forward."""
+    """Raised by a forward hook to end a forward pass early, once what it needs has been seen.
+
+    :func:`capture_outputs` raises it once every wanted layer has run; :func:`netvis.bn.recalibrate` once
+    the layer it recalibrates has seen its input. The caller catches it around ``model(x)``.
+    """
+
+
+def call_order(model: nn.Module, modules: Sequence[nn.Module], x: Any) -> list[int]:
+    """The indices of ``modules`` in the order one forward pass ``model(x)`` first calls them.
+
+    Modules the forward pass never calls are left out. The pass runs under ``torch.no_grad``; each
+    module gets a forward-pre hook for the duration of the pass (removed on exit, also on error). The
+    caller sets the mode (e.g. inside :func:`eval_session`).
+
+    Args:
+        model: the network.
+        modules: submodules of ``model``.
+        x: the input of the forward pass.
+
+    Returns:
+        Indices into ``modules``, first called first.
+    """
+    first_call: dict[int, int] = {}
+    handles = []
+
+    def make_hook(index: int):
+        def hook(_module: nn.Module, _args: Any) -> None:
+            first_call.setdefault(index, len(first_call))
+
+        return hook
+
+    try:
+        for index, module in enumerate(modules):
+            handles.append(module.register_forward_pre_hook(make_hook(index)))
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sorted(first_call, key=first_call.__getitem__)
 
 
 @contextmanager
@@ -489,7 +487,7 @@ def _existing(*candidates: tuple[Any, str]) -> set:
 
 
 _T = torch.Tensor
-_NN = torch._C._nn
+_NN = _compat.nn_functions()
 # Calls that compute max(x, 0), routed through the rule; out of place and in place.
 _RELU_OUT = _existing((F, "relu"), (torch, "relu"), (_T, "relu"))
 _RELU_INPLACE = _existing((torch, "relu_"), (_T, "relu_"), (F, "relu_"))

@@ -15,6 +15,8 @@ from netvis.data import load
 from netvis.train._batches import first_items
 from netvis.train.checkpoint import load_checkpoint
 from netvis.train.evaluate import with_preprocess
+from netvis.train.trainer import TrainConfig
+from netvis.train.trainer import train as train_run
 
 SAMPLE = "fashion-mnist-sample"
 
@@ -48,9 +50,6 @@ def run_demo(
     start = time.perf_counter()
     run_dir = None
     if train:
-        from netvis.train.trainer import TrainConfig
-        from netvis.train.trainer import train as train_run
-
         run_dir = out / "run"
         config = TrainConfig(model=model, data=SAMPLE, epochs=epochs, out=str(run_dir), seed=seed,
                              batch_size=64, augment=False, progress=progress, device="auto")

@@ -231,6 +231,7 @@ def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path | None:
 
 
 def _download(dest: Path) -> Path:
+    # Local on purpose: importing torchvision.datasets costs about a second, and only a download needs it.
     import torchvision.datasets
 
     torchvision.datasets.FashionMNIST(str(dest), train=True, download=True)

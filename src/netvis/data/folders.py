@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from netvis.data.base import channel_stats, usable_std
@@ -48,8 +49,6 @@ _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def _open(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
     try:
         image = Image.open(path)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -83,13 +82,10 @@ def read_image(
             if image.mode.startswith("I;16") or image.mode == "I":
                 array = np.asarray(image, dtype=np.float64)
                 scale = 65535.0 if image.mode != "I" or array.max() > 255 else 255.0
-                from PIL import Image
 
                 image = Image.fromarray(np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8))
             image = image.convert("L" if channels == 1 else "RGB")
             if target is not None and image.size != (target[1], target[0]):
-                from PIL import Image
-
                 image = image.resize((target[1], target[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
     except DataError:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 __all__ = ["Preprocess", "to_uint8_batch", "random_hflip", "random_crop", "LUMA_WEIGHTS"]
 
@@ -48,11 +49,7 @@ def to_uint8_batch(images: Any) -> torch.Tensor:
     Returns:
         A 4-D tensor (a view where possible).
     """
-    try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        Image = None  # noqa: N806
-    if Image is not None and isinstance(images, Image.Image):
+    if isinstance(images, Image.Image):
         if images.mode not in ("L", "RGB"):
             images = images.convert(
                 "L" if images.mode in ("1", "I;16", "I;16B", "I;16L", "I", "F") else "RGB"

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from netvis import hooks
+from netvis.devices import model_device
+from netvis.hooks import StopForward
+from netvis.hooks import capture_outputs as capture
 
 LayerLike = nn.Module | str
 
@@ -40,7 +43,4 @@ def resolve_layers(
     return out, single
 
 
-model_device = hooks.model_device
-# The capture hooks live with every other hook in netvis.hooks.
-StopForward = hooks.StopForward
-capture = hooks.capture_outputs
+__all__ = ["LayerLike", "StopForward", "capture", "model_device", "resolve_layer", "resolve_layers"]

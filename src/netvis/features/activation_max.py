@@ -29,8 +29,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from netvis.features._common import LayerLike, StopForward, capture, model_device, resolve_layer
+from netvis.devices import device_for
+from netvis.features._common import LayerLike, StopForward, capture, resolve_layer
 from netvis.hooks import eval_session
 
 __all__ = [
@@ -485,15 +487,13 @@ def activation_maximization(
     elif isinstance(transforms, str):
         raise ValueError(f"transforms must be 'standard', None or a list of transforms, got {transforms!r}")
     transforms = list(transforms or [])
-    device = torch.device(device) if device is not None else model_device(model)
+    device = device_for(model, device)
     generator = torch.Generator().manual_seed(seed)
     make = fourier_image if param == "fourier" else pixel_image
     params, image = make(shape, generator=generator, decorrelate=decorrelate, device=device)
     prep = preprocess if preprocess is not None else (lambda t: t)
     optimizer = torch.optim.Adam(params, lr=lr)
     history = []
-
-    from tqdm.auto import tqdm
 
     with eval_session(model, grad=True):
         with torch.no_grad():

@@ -25,10 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler, Subset
+from tqdm.auto import tqdm
 
-from netvis.features._common import LayerLike, StopForward, capture, model_device, resolve_layers
+from netvis._checks import check_positive_int
+from netvis.data.base import TensorImageDataset
+from netvis.devices import device_for
+from netvis.features._common import LayerLike, StopForward, capture, resolve_layers
 from netvis.hooks import eval_session
 
 __all__ = ["DatasetExamples", "RunningTopK", "dataset_examples", "shard_bounds"]
@@ -91,8 +96,7 @@ class RunningTopK:
     """
 
     def __init__(self, k: int, reduce: str = "mean") -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        check_positive_int(k, "k")
         if reduce not in _REDUCTIONS:
             raise ValueError(f"reduce must be one of {_REDUCTIONS}, got {reduce!r}")
         self.k = k
@@ -433,16 +437,10 @@ def _indexable(data: Any) -> bool:
 
 
 def _is_tensor_image_dataset(data: Any) -> bool:
-    try:
-        from netvis.data.base import TensorImageDataset
-    except ImportError:  # pragma: no cover - the data package is part of netvis
-        return False
     return isinstance(data, TensorImageDataset)
 
 
 def _distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -539,8 +537,7 @@ def dataset_examples(
         (torch.Size([4, 5]), torch.Size([4, 5, 2]))
     """
     modules, single = resolve_layers(model, layer)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every!r}")
     tops = {name: RunningTopK(k, reduce) for name in modules}
@@ -560,10 +557,7 @@ def dataset_examples(
     }
     state_path = _rank_path(checkpoint_path, rank, world)
     done = _read_checkpoint(state_path, fingerprint, tops) if state_path is not None else 0
-    device = torch.device(device) if device is not None else model_device(model)
-
-    from tqdm.auto import tqdm
-
+    device = device_for(model, device)
     total = None if stop is None else stop - start
     quiet = not progress or rank != 0
     bar = tqdm(total=total, initial=done, unit="img", desc="dataset examples", disable=quiet)
@@ -636,8 +630,6 @@ def _read_checkpoint(path: Path, fingerprint: dict[str, Any], tops: dict[str, Ru
 
 
 def _gather_merge(tops: dict[str, RunningTopK]) -> None:
-    import torch.distributed as dist
-
     local = {name: top.state_dict() for name, top in tops.items()}
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from netvis.features._common import LayerLike, StopForward, capture, model_device, resolve_layer
+from netvis.devices import device_for
+from netvis.features._common import LayerLike, StopForward, capture, resolve_layer
 from netvis.hooks import eval_session
 
 __all__ = ["receptive_field"]
@@ -72,7 +73,7 @@ def receptive_field(
         raise ValueError(f"input_shape must be (C, H, W) or (1, C, H, W), got {tuple(input_shape)}")
     channels, height, width = shape
     name, module = resolve_layer(model, layer)
-    device = torch.device(device) if device is not None else model_device(model)
+    device = device_for(model, device)
     dtype = _first_float_dtype(model)
 
     # Image n < H has a NaN row n; image H + m has a NaN column m.

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from netvis.inversion._context import LayerLike, frozen, layer_outputs, resolve_layer
 
@@ -369,8 +370,6 @@ def train_inverter(
     Raises:
         ValueError: a missing layer, empty data, or a checkpoint made for another layer or shape.
     """
-    from tqdm.auto import tqdm
-
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"need epochs >= 0 and batch_size >= 1, got epochs={epochs}, batch_size={batch_size}")
     name, module = resolve_layer(model, layer)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from netvis.inversion._context import LayerLike, frozen, layer_outputs, resolve_layer
 from netvis.inversion.objectives import (
@@ -211,8 +212,6 @@ def _optimise(
     lr: float,
     progress: bool,
 ) -> InversionResult:
-    from tqdm.auto import tqdm
-
     modules = {name: module}
     scale, _ = _range_and_mid(lo, hi)
     objective = feature_loss(target)

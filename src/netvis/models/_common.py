@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from netvis.models.batchnorm import BatchNorm2d
+
 NormLayer = Callable[[int], nn.Module]
 
 
@@ -47,8 +49,6 @@ def resolve_norm_layer(norm_layer: str | NormLayer | None) -> NormLayer | None:
         if key in ("torch", "batchnorm", "bn"):
             return nn.BatchNorm2d
         if key == "netvis":
-            from netvis.models.batchnorm import BatchNorm2d
-
             return BatchNorm2d
         if key == "none":
             return None

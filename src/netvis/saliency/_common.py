@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from netvis._checks import check_positive_int
+
 TargetLike = None | int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 """A target: ``None`` (the predicted class), an int, N ints, or a callable ``outputs -> (N,) scores``."""
 
@@ -141,8 +143,7 @@ def row_chunks(n_images: int, per_image: int, batch_size: int) -> Iterator[list[
     Rows are ordered image by image. Yields, per forward pass, a list of ``(image, start, stop)``: rows
     ``start:stop`` of that image.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     total = n_images * per_image
     for f0 in range(0, total, batch_size):
         f1 = min(f0 + batch_size, total)

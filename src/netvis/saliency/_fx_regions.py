@@ -42,6 +42,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from netvis import _compat
 from netvis.models._common import check_input as _netvis_check_input
 from netvis.models.batchnorm import BatchNorm1d as _NetvisBatchNorm1d
 from netvis.models.batchnorm import BatchNorm2d as _NetvisBatchNorm2d
@@ -299,17 +300,11 @@ def trace(model: nn.Module) -> torch.fx.Graph:
 
 
 def _check_hooks(model: nn.Module) -> None:
-    from torch.nn.modules import module as module_globals
-
-    for name in ("_global_forward_hooks", "_global_forward_pre_hooks"):
-        if getattr(module_globals, name, None):
-            raise Unsupported("global forward hooks are registered (the engine does not call every module)")
+    if _compat.has_global_forward_hooks():
+        raise Unsupported("global forward hooks are registered (the engine does not call every module)")
     for name, m in model.named_modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks"):
-            if getattr(m, attr, None):
-                raise Unsupported(
-                    f"module {name or '<model>'!r} has forward hooks (the engine does not call every module)"
-                )
+        if _compat.has_forward_hooks(m):
+            raise Unsupported(f"module {name or '<model>'!r} has forward hooks (the engine does not call every module)")
 
 
 def build_program(model: nn.Module, x: torch.Tensor) -> Program:

@@ -13,19 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from netvis._checks import check_pair, check_positive_int
 from netvis.hooks import eval_session
 from netvis.saliency._common import TargetLike, check_precision, clean_target, precision_context
 
 Fill = Literal["mean", "channel_mean"] | float | torch.Tensor
-
-
-def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints (kh, kw), got {value!r}")
-    if min(pair) < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return int(pair[0]), int(pair[1])
 
 
 def occlusion_grid_size(
@@ -50,10 +42,10 @@ def occlusion_grid_size(
 def _window_and_stride(
     window: int | tuple[int, int], stride: int | tuple[int, int] | None
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    kh, kw = _pair(window, "window")
+    kh, kw = check_pair(window, "window")
     if stride is None:
         return (kh, kw), (max(kh // 2, 1), max(kw // 2, 1))
-    return (kh, kw), _pair(stride, "stride")
+    return (kh, kw), check_pair(stride, "stride")
 
 
 def check_arguments(
@@ -73,8 +65,7 @@ def check_arguments(
     if output not in ("score", "drop"):
         raise ValueError(f"output must be 'score' or 'drop', got {output!r}")
     check_precision(precision)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int(batch_size, "batch_size")
     return (kh, kw), (sh, sw), grid
 
 

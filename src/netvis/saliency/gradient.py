@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from netvis._checks import check_positive_int
 from netvis.hooks import eval_session
 from netvis.saliency._common import (
     TargetLike,
@@ -163,8 +164,7 @@ def smoothgrad(
     _check_reduce(reduce)
     if abs and squared:
         raise ValueError("choose at most one of abs=True and squared=True")
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    check_positive_int(n_samples, "n_samples")
     if noise_level < 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level}")
     gen = _make_generator(generator)
@@ -214,8 +214,7 @@ def quadrature(method: Quadrature, steps: int) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(alphas, weights)``, two float64 arrays of length ``steps``.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_positive_int(steps, "steps")
     if method == "riemann_left":
         return np.arange(steps) / steps, np.full(steps, 1.0 / steps)
     if method == "riemann_right":

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from netvis.data import DatasetSubset
+
 Augment = Callable[[Tensor], Tensor]
 
 
@@ -39,7 +41,6 @@ def first_items(data: Any, n: int | None) -> Any:
         return data
     if hasattr(data, "subset"):
         return data.subset(torch.arange(n))
-    from netvis.data import DatasetSubset
 
     return DatasetSubset(data, range(n))
 

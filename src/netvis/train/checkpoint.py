@@ -43,6 +43,9 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from netvis.data import Preprocess
+from netvis.models import create
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -306,8 +309,6 @@ def build_model(payload: Mapping[str, Any], path: str | os.PathLike = "<checkpoi
         CheckpointError: the model cannot be built from the recorded name and options, or the weights
             do not match it (missing or unexpected keys, wrong shapes; the message lists them).
     """
-    from netvis.models import create
-
     name = payload["model"]["name"]
     options = dict(payload["model"].get("options") or {})
     try:
@@ -379,8 +380,6 @@ class Checkpoint:
 
 def preprocess_from(payload: Mapping[str, Any], path: str | os.PathLike = "<checkpoint>"):
     """The :class:`netvis.data.Preprocess` recorded in a checkpoint dict."""
-    from netvis.data import Preprocess
-
     data = payload.get("data") or {}
     if data.get("preprocess") is None and data.get("mean") is None:
         return None  # trained on a data set without netvis preprocessing: inputs are the model's own

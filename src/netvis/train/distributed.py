@@ -33,6 +33,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from netvis._compat import BatchNormBase
+from netvis.bn import bn_layers
+from netvis.devices import resolve_device
+
 __all__ = [
     "DistContext",
     "all_reduce_gradients",
@@ -87,19 +91,6 @@ def is_torchrun() -> bool:
         return int(os.environ.get("WORLD_SIZE", "1")) > 1
     except ValueError:
         return False
-
-
-def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"``: ``cuda:local_rank`` when CUDA is available, else the CPU; otherwise ``device`` itself."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was requested but CUDA is not available; use --device cpu or auto")
-        return torch.device("cuda", local_rank)
-    return torch.device(device)
 
 
 def init_distributed(device: str | torch.device = "auto") -> DistContext:
@@ -198,9 +189,7 @@ def convert_sync_batchnorm(model: nn.Module, ctx: DistContext) -> nn.Module:
             "--sync-bn needs a multi-process GPU run under torchrun (torch.nn.SyncBatchNorm works on CUDA "
             "only); on CPUs use a model without BN (norm_layer='none') or accept per-rank BN statistics"
         )
-    from netvis.bn import bn_layers
-
-    foreign = [name for name, m in bn_layers(model) if not isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    foreign = [name for name, m in bn_layers(model) if not isinstance(m, BatchNormBase)]
     if foreign:
         raise RuntimeError(
             f"--sync-bn converts torch.nn BatchNorm layers only; {', '.join(foreign[:3])} are not "

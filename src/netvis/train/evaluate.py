@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,9 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
-from netvis.hooks import model_device
+from netvis.data import load
+from netvis.devices import device_for, resolve_device
+from netvis.hooks import eval_session
 from netvis.train._batches import classes_of, first_items, iterate
+from netvis.train.checkpoint import Checkpoint, load_checkpoint
 
 __all__ = [
     "Evaluation",
@@ -142,8 +147,6 @@ def evaluate_sums(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(indices), desc=desc, unit="img", leave=False)
     try:
         with torch.no_grad():
@@ -212,11 +215,9 @@ def evaluate(
         >>> result.accuracy > 0.85
         True
     """
-    from netvis.hooks import eval_session
-
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty data set")
-    device = torch.device(device) if device is not None else model_device(model)
+    device = device_for(model, device)
     names = list(classes) if classes is not None else classes_of(data, getattr(model, "num_classes", None))
     indices = torch.arange(len(data))
     with eval_session(model, grad=False):
@@ -250,8 +251,6 @@ def with_preprocess(data: Dataset, preprocess: Any) -> Dataset:
     shares the ``uint8`` images and applies the checkpoint's :class:`netvis.data.Preprocess` instead.
     Other data sets are returned unchanged.
     """
-    import copy
-
     if getattr(data, "preprocess", None) is None or not hasattr(data, "images"):
         return data
     clone = copy.copy(data)
@@ -291,17 +290,12 @@ def evaluate_checkpoint(
         CheckpointError: the checkpoint cannot be loaded.
         ValueError: the data's class count differs from the model's.
     """
-    from netvis.train.checkpoint import Checkpoint, load_checkpoint
-    from netvis.train.distributed import resolve_device
-
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     if data is None:
         data = ckpt.meta.get("data", {}).get("name")
         if not data:
             raise ValueError(f"{ckpt.path} does not record its data set; pass data=")
     if isinstance(data, str):
-        from netvis.data import load
-
         data = load(data, split)
     dataset_classes = getattr(data, "classes", None)
     if dataset_classes is not None and len(dataset_classes) != len(ckpt.classes):

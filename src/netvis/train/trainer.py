@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,12 +38,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
+from tqdm.auto import tqdm
 
+from netvis import __version__ as netvis_version
+from netvis.bn import TRAINABLE_POLICIES, set_trainable
+from netvis.data import load
+from netvis.models import create
 from netvis.train import distributed as D
 from netvis.train._batches import classes_of, data_description, first_items, is_tensor_dataset
 from netvis.train.augment import CropFlip
 from netvis.train.checkpoint import CheckpointError, _atomic_write, read_checkpoint, save_checkpoint
+from netvis.train.curves import plot_curves
 from netvis.train.evaluate import autocast_context, evaluate_sums
 
 __all__ = [
@@ -147,8 +154,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid option."""
-        from netvis.bn import TRAINABLE_POLICIES
-
         def positive(name: str, value: Any, allow_none: bool = False) -> None:
             if value is None and allow_none:
                 return
@@ -315,8 +320,6 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def _load_data(config: TrainConfig) -> tuple[Any, Any]:
-    from netvis.data import load
-
     train_data = first_items(load(config.data, "train"), config.limit_train)
     test_data = None
     if config.eval_split is not None:
@@ -437,9 +440,6 @@ class _Run:
     # -- setup -------------------------------------------------------------------------------------
 
     def build(self) -> None:
-        from netvis.bn import set_trainable
-        from netvis.models import create
-
         config = self.config
         self.options = _model_options(config, self.description.get("channels"), len(self.classes))
         self.model = create(config.model, **self.options)
@@ -569,8 +569,6 @@ class _Run:
         seen = 0
         bar = None
         if config.progress and self.ctx.is_main:
-            from tqdm.auto import tqdm
-
             bar = tqdm(
                 total=self.steps_per_epoch,
                 desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -656,8 +654,6 @@ class _Run:
     # -- files -------------------------------------------------------------------------------------
 
     def payload(self, epoch: int) -> dict[str, Any]:
-        import netvis
-
         model = self.model
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         rng = {
@@ -682,13 +678,11 @@ class _Run:
             "classes": list(self.classes),
             "metrics": list(self.metrics),
             "config": self.config.to_dict(),
-            "versions": {"netvis": str(netvis.__version__), "torch": str(torch.__version__)},
+            "versions": {"netvis": str(netvis_version), "torch": str(torch.__version__)},
             "hardware": _hardware(self.device, self.ctx.world_size),
         }
 
     def write_files(self, epoch: int) -> None:
-        from netvis.train.curves import plot_curves
-
         assert self.run_dir is not None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(self.payload(epoch), self.checkpoint_path)
@@ -714,8 +708,6 @@ class _Run:
             if self.ctx.is_main and self.run_dir is not None:
                 self.write_files(epoch + 1)
             if self.ctx.is_main and config.progress:
-                from tqdm.auto import tqdm
-
                 text = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
                 tqdm.write(text)
             if self.on_epoch_end is not None:
@@ -738,8 +730,6 @@ class _Run:
 
 def _collate_or_none(items: list) -> Any:
     """``default_collate``, or ``None`` for an empty share."""
-    from torch.utils.data import default_collate
-
     return default_collate(items) if items else None
 
 
@@ -752,8 +742,6 @@ def _mix(seed: int, epoch: int, stream: int) -> int:
 
 
 def _hardware(device: torch.device, world_size: int) -> dict[str, Any]:
-    import platform
-
     info: dict[str, Any] = {
         "device": str(device),
         "processes": world_size,

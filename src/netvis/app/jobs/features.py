@@ -10,9 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from netvis.app.render.features import write_examples
+from netvis.data import load
 from netvis.features.dataset_examples import dataset_examples
 from netvis.features.receptive_field import receptive_field
+from netvis.train._batches import first_items
+from netvis.train.checkpoint import load_checkpoint
+from netvis.train.distributed import init_distributed
+from netvis.train.evaluate import with_preprocess
 
 __all__ = ["STATE_FILE", "run_examples"]
 
@@ -52,16 +59,7 @@ def run_examples(
     Returns:
         The path of ``index.html`` (``None`` on ranks other than 0).
     """
-    import torch.distributed as dist
-
-    import netvis
-    from netvis.app.render.features import write_examples
-    from netvis.data import load
-    from netvis.train._batches import first_items
-    from netvis.train.distributed import init_distributed
-    from netvis.train.evaluate import with_preprocess
-
-    ckpt = netvis.load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
     ctx = init_distributed(device)
     try:
         model = ckpt.model.to(ctx.device)

@@ -1,7 +1,8 @@
 """Inversion on a netvis checkpoint, with files written: what ``netvis invert`` and ``netvis train-inverter`` run.
 
-* :func:`load_target` reads the image to invert: a PNG/JPG path, or ``sample:N`` (test image ``N`` of the
-  Fashion-MNIST sample shipped with netvis), put through the checkpoint's preprocess.
+* :func:`~netvis.app.jobs._inputs.load_target` (re-exported here) reads the image to invert: a PNG/JPG
+  path, or ``sample:N`` (test image ``N`` of the Fashion-MNIST sample shipped with netvis), put through the
+  checkpoint's preprocess.
 * :func:`run_invert` inverts it at one or more layers and writes the reconstructions and a JSON summary.
 * :func:`run_train_inverter` trains an :class:`~netvis.inversion.Inverter` on a data set and writes it.
 """
@@ -15,48 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
+from PIL import Image
 from torch import Tensor
 
+from netvis.app.jobs._inputs import SAMPLE_DATA, load_target
+from netvis.app.render.figures import save_figure
+from netvis.data import DataError, load
 from netvis.inversion.network import CHECKPOINT_NAME, Inverter, train_inverter
 from netvis.inversion.optimise import InversionResult, invert, pixel_bounds
+from netvis.train.checkpoint import load_checkpoint
 
 __all__ = ["load_target", "run_invert", "run_train_inverter", "save_png", "SAMPLE_DATA"]
-
-SAMPLE_DATA = "fashion-mnist-sample"
-"""The data set ``sample:N`` images come from (its test split, as stored ``uint8`` pixels)."""
-
-
-def load_target(spec: str, preprocess: Any) -> Tensor:
-    """The image ``spec`` names, as a model input ``(1, C, H, W)``.
-
-    Args:
-        spec: A PNG/JPG file path, or ``sample:N`` for test image ``N`` of the Fashion-MNIST sample that
-            ships with netvis (:data:`SAMPLE_DATA`).
-        preprocess: The checkpoint's preprocess (``uint8`` images or a PIL image to model inputs).
-
-    Raises:
-        ValueError: a bad ``sample:`` index. FileNotFoundError: no such file.
-    """
-    if spec.startswith("sample:"):
-        from netvis.data import load
-
-        try:
-            index = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise ValueError(f"expected sample:N with an integer N, got {spec!r}") from None
-        data = load(SAMPLE_DATA, "test")
-        if not 0 <= index < len(data.images):
-            raise ValueError(f"{spec}: the {SAMPLE_DATA} test split has images 0..{len(data.images) - 1}")
-        return preprocess(data.images[index : index + 1])
-    from PIL import Image
-
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file {spec!r} (give a PNG/JPG path or sample:N)")
-    with Image.open(path) as image:
-        image.load()
-        return preprocess(image)
-
 
 def _to_unit(images: Tensor, preprocess: Any) -> Tensor:
     """Model inputs back to ``[0, 1]`` pixels (via ``preprocess.denormalize`` when there is one)."""
@@ -68,8 +39,6 @@ def _to_unit(images: Tensor, preprocess: Any) -> Tensor:
 
 def save_png(image: Tensor, path: str | os.PathLike, preprocess: Any) -> Path:
     """Write one model-input image ``(C, H, W)`` or ``(1, C, H, W)`` as an 8-bit PNG (grey or RGB)."""
-    from PIL import Image
-
     if image.dim() == 4:
         image = image[0]
     unit = _to_unit(image[None], preprocess)[0]
@@ -85,24 +54,18 @@ def _file_name(layer: str) -> str:
 
 
 def _figure(target: Tensor, results: dict[str, InversionResult], preprocess: Any, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     panels = [("target", target)] + [
         (f"{name or 'output'}\nerror {r.error:.2%}", r.image) for name, r in results.items()
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.0 * len(panels), 2.4), squeeze=False)
+    fig = Figure(figsize=(2.0 * len(panels), 2.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, image) in zip(axes[0], panels, strict=True):
         unit = _to_unit(image[:1], preprocess)[0].permute(1, 2, 0).numpy()
         ax.imshow(unit[..., 0] if unit.shape[-1] == 1 else unit, cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_invert(
@@ -129,8 +92,6 @@ def run_invert(
     Returns:
         The JSON summary as a dict.
     """
-    from netvis.train.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(checkpoint)
     target = load_target(image, ckpt.preprocess)
     options.setdefault("bounds", pixel_bounds(ckpt.preprocess, target.shape[1]))
@@ -187,9 +148,6 @@ def run_train_inverter(
         **options: Passed to :func:`~netvis.inversion.train_inverter` (``epochs``, ``batch_size``, ``lr``,
             ``feature_loss_weight``, ``resume``, ``seed``, ``progress``, ...).
     """
-    from netvis.data import DataError, load
-    from netvis.train.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(checkpoint)
     train_images = _inputs(load(data, split), ckpt.preprocess, limit)
     inverter = train_inverter(ckpt.model, layer, train_images, out=out, **options)

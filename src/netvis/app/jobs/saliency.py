@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -20,10 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from netvis.app.jobs.inversion import load_target
+from netvis.app.jobs._inputs import load_target
 from netvis.app.render.figures import method_grid, overlay, save_figure
 from netvis.data import Preprocess
+from netvis.devices import resolve_device
 from netvis.saliency import METHODS, default_layer
+from netvis.train.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = ["Classifier", "load_classifier", "run_saliency"]
 
@@ -54,20 +57,17 @@ def load_classifier(spec: str, weights: str | os.PathLike | None = None) -> Clas
         netvis.train.checkpoint.CheckpointError: a missing, corrupt or mismatched checkpoint or weights file.
     """
     if spec.startswith("torchvision:"):
+        # Local on purpose: importing torchvision costs about a second, and only torchvision: models need it.
         import torchvision
 
         name = spec.split(":", 1)[1]
         available = torchvision.models.list_models()
         if name not in available:
-            import difflib
-
             close = difflib.get_close_matches(name, available, n=4)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise ValueError(f"torchvision has no model {name!r}.{hint}")
         model = torchvision.models.get_model(name, weights=None)
         if weights is not None:
-            from netvis.train.checkpoint import CheckpointError
-
             path = Path(weights)
             if not path.is_file():
                 raise CheckpointError(f"weights file {str(path)!r} does not exist")
@@ -91,7 +91,6 @@ def load_classifier(spec: str, weights: str | os.PathLike | None = None) -> Clas
         return Classifier(model.eval(), preprocess, classes, spec)
     if weights is not None:
         raise ValueError("--weights applies to torchvision:NAME models; a netvis checkpoint holds its own weights")
-    from netvis.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(spec)
     return Classifier(ckpt.model, ckpt.preprocess, list(ckpt.classes), spec)
@@ -170,7 +169,6 @@ def run_saliency(
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if options.get("precision") not in (None, "fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {options['precision']!r}")
-    from netvis.train.distributed import resolve_device
 
     dev = resolve_device(device)
     clf = load_classifier(spec, weights)

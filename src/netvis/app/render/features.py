@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 __all__ = ["display_images", "examples_grid", "write_examples"]
@@ -51,8 +52,6 @@ def display_images(data: Any, indices: Sequence[int] | Tensor) -> Tensor:
 
 
 def _tile(image: Tensor, scale: int):
-    from PIL import Image
-
     array = image.numpy()
     if array.shape[0] == 1:
         array = np.repeat(array, 3, axis=0)
@@ -83,8 +82,6 @@ def examples_grid(
     Returns:
         A ``PIL.Image.Image`` (RGB).
     """
-    from PIL import Image, ImageDraw, ImageFont
-
     if images.dim() != 4 or images.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images (k, C, H, W), got {images.dtype} {tuple(images.shape)}")
     k, _, h, w = images.shape

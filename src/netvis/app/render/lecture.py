@@ -7,6 +7,7 @@ report, the demo and the viewer share them.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from pathlib import Path
@@ -15,8 +16,18 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 from torch import nn
+from tqdm.auto import tqdm
 
+from netvis.app.render.features import display_images, examples_grid
+from netvis.app.render.figures import method_grid
 from netvis.app.render.report import Report
+from netvis.bn import bn_statistics, recalibrate
+from netvis.features import dataset_examples, filter_visualization, receptive_field
+from netvis.inversion import invert
+from netvis.models import create
+from netvis.models.batchnorm import BatchNorm2d
+from netvis.saliency import default_layer, grad_cam, gradient, guided_backprop, occlusion
+from netvis.train.evaluate import evaluate
 
 EXPLAIN = {
     "bn": (
@@ -71,12 +82,6 @@ def _param_count(model: nn.Module) -> int:
 
 def section_batchnorm(report: Report, model: nn.Module, train_data, test_data, *, progress: bool = False):
     """BN from its equations vs ``torch.nn.BatchNorm2d``, the model's BN statistics, and recalibration."""
-    import copy
-
-    from netvis.bn import bn_statistics, recalibrate
-    from netvis.models.batchnorm import BatchNorm2d
-    from netvis.train.evaluate import evaluate
-
     sec = report.section("Batch normalization", EXPLAIN["bn"])
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(16, 8, 6, 6, generator=gen) * 3 + 1
@@ -138,9 +143,8 @@ ARCHITECTURES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "
 
 def section_architectures(report: Report):
     """Parameter counts of the lecture's architectures, beside torchvision's where it has the model."""
+    # Local on purpose: importing torchvision costs about a second, and only this section needs it.
     import torchvision
-
-    from netvis.models import create
 
     sec = report.section("ResNet and DenseNet", EXPLAIN["arch"])
     rows = []
@@ -156,8 +160,6 @@ def section_architectures(report: Report):
 
 def section_model(report: Report, ckpt, test_data, *, run_dir: Path | None = None):
     """The checkpoint: layers, parameters, curves, accuracy and confusion matrix."""
-    from netvis.train.evaluate import evaluate
-
     model = ckpt.model
     sec = report.section("The model", EXPLAIN["model"])
     meta = ckpt.meta
@@ -206,9 +208,6 @@ def sample_images(test_data, n: int, seed: int = 0) -> tuple[torch.Tensor, torch
 
 def section_saliency(report: Report, ckpt, test_data, *, n_images: int = 4, window: int = 6, stride: int = 2):
     """Occlusion, gradient, guided backprop and Grad-CAM side by side on sample images."""
-    from netvis.app.render.figures import method_grid
-    from netvis.saliency import default_layer, grad_cam, gradient, guided_backprop, occlusion
-
     model = ckpt.model
     sec = report.section("Saliency: where the model looks", EXPLAIN["saliency"])
     x, labels = sample_images(test_data, n_images)
@@ -244,9 +243,6 @@ def _stage_layers(model: nn.Module) -> list[str]:
 
 def section_features(report: Report, ckpt, test_data, *, layer: str | None = None, channels: int = 4, k: int = 8):
     """Dataset examples of a few channels beside guided-backprop visualizations of the same units."""
-    from netvis.app.render.features import display_images, examples_grid
-    from netvis.features import dataset_examples, filter_visualization, receptive_field
-
     model = ckpt.model
     stages = _stage_layers(model)
     layer = layer or (stages[len(stages) // 2] if stages else None)
@@ -284,8 +280,6 @@ def section_features(report: Report, ckpt, test_data, *, layer: str | None = Non
 
 def section_inversion(report: Report, ckpt, test_data, *, steps: int = 100, index: int = 0):
     """Reconstructions of one image from each stage, shallow to deep."""
-    from netvis.inversion import invert
-
     model = ckpt.model
     sec = report.section("Model inversion: what a layer keeps", EXPLAIN["inversion"])
     stages = _stage_layers(model)
@@ -328,7 +322,6 @@ def lecture_report(ckpt, train_data, test_data, *, run_dir: str | Path | None = 
         ("features", lambda: section_features(report, ckpt, test_data)),
         ("inversion", lambda: section_inversion(report, ckpt, test_data)),
     ]
-    from tqdm.auto import tqdm
 
     for name, step in tqdm(steps, desc="report", disable=not progress):
         summary[name] = step()
