@@ -10,6 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import torch
+
+from netvis.app import experiments
+from netvis.app.demo import run_demo, write_report
+from netvis.app.jobs.features import run_examples
+from netvis.app.jobs.inversion import run_invert, run_train_inverter
+from netvis.app.jobs.saliency import run_saliency
+from netvis.app.serve import run_server
+from netvis.data import DataError
+from netvis.models import create, list_models
+from netvis.train import CheckpointError, TrainConfig, parse_model_option, resume_config, train
+from netvis.train.evaluate import evaluate_checkpoint
 
 
 @contextlib.contextmanager
@@ -33,10 +45,6 @@ def main() -> None:
 @main.command("models")
 def models_command() -> None:
     """List the models netvis can build, with their parameter counts."""
-    import torch
-
-    from netvis.models import create, list_models
-
     for name in list_models():
         with torch.device("meta"):
             model = create(name)
@@ -54,8 +62,6 @@ def models_command() -> None:
               help="Checkpoint to study (path or shipped name) without --train.")
 def demo_command(out: str, train_first: bool, epochs: int, checkpoint: str) -> None:
     """The whole lecture on the shipped Fashion-MNIST sample, ending in an HTML report."""
-    from netvis.app.demo import run_demo
-
     path = run_demo(out, checkpoint=checkpoint, train=train_first, epochs=epochs)
     click.echo(f"report: {path.resolve()}")
 
@@ -69,10 +75,6 @@ def demo_command(out: str, train_first: bool, epochs: int, checkpoint: str) -> N
 @click.option("--progress/--no-progress", default=True)
 def report_command(checkpoint: str, data: str, out: str, limit: int | None, progress: bool) -> None:
     """A self-contained HTML report of the lecture for CHECKPOINT (a file, run folder or shipped name)."""
-    from netvis.app.demo import write_report
-    from netvis.data import DataError
-    from netvis.train import CheckpointError
-
     with _reported(CheckpointError, DataError, FileNotFoundError):
         path = write_report(checkpoint, data, out, limit=limit, progress=progress)
     click.echo(f"report: {path.resolve()}")
@@ -115,8 +117,6 @@ def train_command(out: str, resume: bool, no_eval: bool, model_options: tuple[st
 
     Run it under `torchrun --nproc_per_node=N -m netvis train ...` for data-parallel training.
     """
-    from netvis.train import TrainConfig, parse_model_option, resume_config, train
-
     given = {key: value for key, value in options.items() if value is not None}
     if not given.get("sync_bn"):
         given.pop("sync_bn", None)
@@ -159,8 +159,6 @@ def train_command(out: str, resume: bool, no_eval: bool, model_options: tuple[st
 def evaluate_command(checkpoint: str, data: str | None, split: str, batch_size: int, device: str,
                      limit: int | None, progress: bool) -> None:
     """Print a checkpoint's accuracy and confusion matrix on a data set."""
-    from netvis.train.evaluate import evaluate_checkpoint
-
     with _reported(ValueError):
         result = evaluate_checkpoint(checkpoint, data, split=split, batch_size=batch_size, device=device,
                                      limit=limit, progress=progress)
@@ -190,8 +188,6 @@ def saliency_command(checkpoint: str, images: tuple[str, ...], methods: tuple[st
                      out: str, weights: str | None, window: int | None, stride: int | None, layer: str | None,
                      device: str, precision: str, progress: bool) -> None:
     """Saliency maps for IMAGES (files or sample:N) under CHECKPOINT (a checkpoint or torchvision:NAME)."""
-    from netvis.app.jobs.saliency import run_saliency
-
     chosen = list(methods) or ["occlusion", "gradient", "guided-backprop", "grad-cam"]
     report = (lambda msg: click.echo(msg, err=True)) if progress else None
     with _reported(ValueError, FileNotFoundError, RuntimeError):
@@ -221,8 +217,6 @@ def invert_command(checkpoint: str, image: str, layers: tuple[str, ...], out: st
     IMAGE is a PNG/JPG file or sample:N (test image N of the shipped Fashion-MNIST sample). Writes
     target.png, one <layer>.png per layer, inversion.png and inversion.json into --out.
     """
-    from netvis.app.jobs.inversion import run_invert
-
     given = {key: value for key, value in options.items() if value is not None}
     with _reported(ValueError, FileNotFoundError):
         summary = run_invert(checkpoint, image, layers, out, **given)
@@ -250,8 +244,6 @@ def invert_command(checkpoint: str, image: str, layers: tuple[str, ...], out: st
 @click.option("--progress/--no-progress", default=True)
 def train_inverter_command(checkpoint: str, layer: str, data: str, out: str, **options) -> None:
     """Train a network that inverts CHECKPOINT's --layer (Dosovitskiy & Brox 2016)."""
-    from netvis.app.jobs.inversion import run_train_inverter
-
     with _reported(ValueError, FileNotFoundError):
         _, summary = run_train_inverter(checkpoint, layer, data, out, **options)
     line = f"{summary['epochs']} epochs, final loss {summary['history'][-1]:.4g}" if summary["history"] else ""
@@ -283,8 +275,6 @@ def examples_command(checkpoint: str, layers: tuple[str, ...], data: str | None,
     Under torchrun (torchrun --nproc_per_node=N -m netvis examples ...) the data is split between the
     processes and their results merged exactly; rank 0 writes the files.
     """
-    from netvis.app.jobs.features import run_examples
-
     with _reported(ValueError):
         index = run_examples(checkpoint, list(layers), data=data, split=split, k=k, reduce=reduce,
                              out=Path(out), batch_size=batch_size, device=device, limit=limit,
@@ -310,8 +300,6 @@ def examples_command(checkpoint: str, layers: tuple[str, ...], data: str | None,
 def serve_command(checkpoint: str, **options) -> None:
     """A local web viewer of CHECKPOINT (a file, run folder or shipped name): layers, channels, saliency,
     inversion. Open the address it prints; stop it with Ctrl-C."""
-    from netvis.app.serve import run_server
-
     with _reported(ValueError):
         run_server(checkpoint, **options)
 
@@ -331,9 +319,6 @@ def serve_command(checkpoint: str, **options) -> None:
 def experiment_command(name: str, data: str | None, setting: str, out: str | None, seed: int, device: str,
                        options: tuple[str, ...], progress: bool) -> None:
     """Run one of the lecture's experiments; `netvis experiment list` names them."""
-    from netvis.app import experiments
-    from netvis.train import parse_model_option
-
     if name == "list":
         for known in experiments.list_experiments():
             click.echo(f"{known:<15} {experiments.get(known).title}")
