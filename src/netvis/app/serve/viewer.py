@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import ipaddress
 import math
 import os
 import re
@@ -38,11 +39,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
+from netvis.app.render.figures import map_to_array, overlay_array
 from netvis.app.serve.cache import Cache, default_cache_dir, file_sha256, params_key
 from netvis.app.serve.jobs import Job, JobQueue
-from netvis.saliency import METHODS
+from netvis.data import load
+from netvis.features import dataset_examples, filter_visualization, receptive_field
+from netvis.hooks import capture_activation, eval_session
+from netvis.inversion import invert, pixel_bounds
+from netvis.saliency import METHODS, default_layer
+from netvis.train.checkpoint import Checkpoint, load_checkpoint
 
 __all__ = ["UploadError", "Viewer", "ViewerError", "SALIENCY_METHODS"]
 
@@ -77,8 +85,6 @@ class UploadError(ViewerError):
 
 def png_bytes(array: np.ndarray) -> bytes:
     """PNG of a ``uint8`` array ``(H, W)``, ``(H, W, 3)`` or ``(C, H, W)`` with ``C`` 1 or 3."""
-    from PIL import Image
-
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
         a = a.transpose(1, 2, 0)
@@ -102,8 +108,6 @@ def signed_picture(grad: Tensor) -> np.ndarray:
 
 
 def _is_loopback(host: str) -> bool:
-    import ipaddress
-
     if host.lower() == "localhost":
         return True
     try:
@@ -156,8 +160,6 @@ class Viewer:
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
         max_upload_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        from netvis.train.checkpoint import Checkpoint, load_checkpoint
-
         if isinstance(checkpoint, Checkpoint):
             ckpt = checkpoint
             if ckpt.path is None or not Path(ckpt.path).is_file():
@@ -212,8 +214,6 @@ class Viewer:
 
     @staticmethod
     def _load_data(data: Any, split: str, ckpt: Any) -> tuple[Any, str]:
-        from netvis.data import load
-
         if data is None:
             name = (ckpt.meta.get("data") or {}).get("name")
             if not name:
@@ -225,8 +225,6 @@ class Viewer:
 
     def _layer_table(self, probe: Tensor) -> list[dict[str, Any]]:
         """Every named module whose single output per forward pass is a ``(N, C, ...)`` tensor."""
-        from netvis.hooks import capture_activation, eval_session
-
         names = [name for name, _ in self.model.named_modules() if name]
         with self.model_lock, ExitStack() as stack:
             captures = {name: stack.enter_context(capture_activation(self.model, name)) for name in names}
@@ -261,7 +259,6 @@ class Viewer:
         meta = self.checkpoint.meta
         final = meta.get("final_metrics") or {}
         metrics = {k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        from netvis.saliency import default_layer
 
         try:
             cam_layer = default_layer(self.model)
@@ -322,8 +319,6 @@ class Viewer:
         Raises:
             UploadError: 413 when larger than the byte or pixel limit, 415 when Pillow cannot decode it.
         """
-        from PIL import Image, UnidentifiedImageError
-
         if len(data) > self.max_upload_bytes:
             raise UploadError(f"upload too large: {len(data)} bytes (at most {self.max_upload_bytes})", 413)
         if not data:
@@ -357,8 +352,6 @@ class Viewer:
 
     def _conform(self, image: Any) -> np.ndarray:
         """A PIL image as ``uint8 (C, H, W)`` with the data's channels and size."""
-        from PIL import Image, ImageOps
-
         channels, height, width = (int(s) for s in self.images.shape[1:])
         image = ImageOps.exif_transpose(image)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -401,7 +394,6 @@ class Viewer:
         kind, _, value = self.check_ref(ref).partition(":")
         if kind == "sample":
             return self.images[int(value)]
-        from PIL import Image
 
         with Image.open(self.cache.upload_path(value)) as picture:
             return torch.from_numpy(self._conform(picture).copy())
@@ -490,8 +482,6 @@ class Viewer:
         return self._examples(params, progress or (lambda *a, **kw: None), key)
 
     def _examples(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
-        from netvis.features import dataset_examples, receptive_field
-
         layer, total = params["layer"], len(self.images)
         seen = 0
 
@@ -538,8 +528,6 @@ class Viewer:
         return params, lambda progress, key: self._filters(params, progress, key)
 
     def _filters(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
-        from netvis.features import filter_visualization
-
         progress(0.05, "dataset examples")
         examples = self.examples(params["layer"], params["k"], params["reduce"],
                                  progress=lambda f, m=None: progress(0.05 + 0.5 * f, m))
@@ -580,8 +568,6 @@ class Viewer:
 
     def saliency_options(self, method: str) -> dict[str, Any]:
         """The options the viewer passes to a saliency method for this model's input size."""
-        from netvis.saliency import default_layer
-
         height, width = self.input_shape[1:]
         if method == "occlusion":
             window = max(2, min(height, width) // 5)
@@ -593,9 +579,6 @@ class Viewer:
         return {}
 
     def _saliency(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
-        from netvis.app.render.figures import map_to_array, overlay_array
-        from netvis.hooks import eval_session
-
         x = self._inputs(self.image(params["image"])[None])
         with self.model_lock, eval_session(self.model, grad=False):
             scores = self.model(x).float()
@@ -654,8 +637,6 @@ class Viewer:
         return params, lambda progress, key: self._inversion(params, progress, key)
 
     def _inversion(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
-        from netvis.inversion import invert, pixel_bounds
-
         x = self._inputs(self.image(params["image"])[None])
         with self.model_lock:
             model = copy.deepcopy(self.model)  # a private copy: a long optimisation holds no lock
