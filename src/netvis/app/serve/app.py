@@ -41,6 +41,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -362,8 +363,6 @@ def run_server(
     Raises:
         ValueError: a non-loopback ``host`` without ``allow_remote``, or a bad checkpoint or data set.
     """
-    import uvicorn
-
     check_bind(host, allow_remote)
     extra = list(allowed_hosts)
     if allow_remote:
