@@ -28,6 +28,12 @@ import os
 import shlex
 from typing import Any
 
+import torch
+
+from netvis import __version__ as netvis_version
+from netvis.app.experiments._common import Context, Timer, hardware
+from netvis.devices import resolve_device
+
 _TABLE = {
     "depth": "netvis.app.experiments.depth",
     "bn-trainable": "netvis.app.experiments.bn_trainable",
@@ -97,11 +103,6 @@ def run(
     Raises:
         ValueError: unknown experiment, setting, option or device.
     """
-    import torch
-
-    from netvis.app.experiments._common import Context, Timer, hardware
-    from netvis.train.distributed import resolve_device
-
     experiment = get(name)
     params = experiment.parameters(setting, options)
     if data is None:
@@ -120,8 +121,6 @@ def run(
                   progress=progress)
     timer = Timer()
     result = experiment.runner(ctx)
-    import netvis
-
     result.params = params
     result.meta.update(
         {
@@ -132,7 +131,7 @@ def run(
             "device": str(dev),
             "hardware": hardware(dev),
             "seconds": round(timer(), 1),
-            "versions": f"netvis {netvis.__version__}, torch {torch.__version__}",
+            "versions": f"netvis {netvis_version}, torch {torch.__version__}",
             "command": _command(name, data, setting, seed, options),
         }
     )

@@ -10,6 +10,7 @@ method with the setting's options.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -23,6 +24,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from netvis.app.render.report import Report
+from netvis.data import TensorImageDataset, load
+from netvis.hooks import eval_session
+from netvis.train import TrainConfig
+from netvis.train import train as train_model
+from netvis.train.checkpoint import load_checkpoint
+from netvis.train.evaluate import with_preprocess
 
 __all__ = ["Context", "Experiment", "ExperimentResult", "format_table", "mix_seed"]
 
@@ -204,8 +213,6 @@ class ExperimentResult:
         Returns:
             The path of ``index.html``.
         """
-        from netvis.app.render.report import Report
-
         out = Path(out)
         (out / "figures").mkdir(parents=True, exist_ok=True)
         report = Report(f"netvis experiment: {self.title}", f"{self.setting} setting; {self.meta.get('command', '')}")
@@ -240,8 +247,6 @@ class ExperimentResult:
 
 
 def _html_escape(text: str) -> str:
-    import html
-
     return html.escape(text)
 
 
@@ -303,8 +308,6 @@ class Context:
         """The ``(train, test)`` data as given or loaded (native size, the data's own preprocessing)."""
         if self._raw is None:
             if isinstance(self.data, (str, os.PathLike)):
-                from netvis.data import load
-
                 train, test = load(self.data, "train"), load(self.data, "test")
             elif isinstance(self.data, (tuple, list)) and len(self.data) == 2:
                 train, test = self.data
@@ -322,8 +325,6 @@ class Context:
         Images are resized once (bilinear, antialiased, stored as ``uint8``); both splits are normalised
         with the training split's statistics at that size.
         """
-        from netvis.data import TensorImageDataset
-
         train, test = self.raw_data()
         channels = getattr(getattr(train, "preprocess", None), "channels", None)
         x_train = _resize_uint8(train.images.cpu(), image_size)
@@ -374,8 +375,6 @@ class Context:
         seed_stream: int = 0,
     ):
         """Train a netvis model on in-memory data (:func:`netvis.train.train`); returns its ``TrainResult``."""
-        from netvis.train import TrainConfig, train
-
         config = TrainConfig(
             model=model,
             data=self.data_name,
@@ -389,7 +388,7 @@ class Context:
             eval_split="test" if test_data is not None else None,
             progress=self.progress,
         )
-        return train(config, train_data=train_data, test_data=test_data)
+        return train_model(config, train_data=train_data, test_data=test_data)
 
     def checkpoint_model(self) -> tuple[nn.Module, Any] | None:
         """The trained model named by the ``checkpoint`` parameter, with its preprocessing, or ``None``.
@@ -407,7 +406,6 @@ class Context:
             if name not in ("fashion-mnist", "fashion-mnist-sample") or tuple(train.images.shape[1:]) != (1, 28, 28):
                 return None
             choice = "fashion-mnist-small"
-        from netvis.train.checkpoint import load_checkpoint
 
         with torch.random.fork_rng(devices=[]):  # building the model draws initial weights from the global RNG
             ckpt = load_checkpoint(choice)
@@ -422,8 +420,6 @@ class Context:
             model's preprocessing; the description's ``test_accuracy`` is the one the checkpoint records
             (on its own test split), or the last epoch's of the training here.
         """
-        from netvis.train.evaluate import with_preprocess
-
         found = self.checkpoint_model()
         if found is not None:
             model, ckpt = found
@@ -449,8 +445,6 @@ def inputs(data: Any, indices: Tensor, device: torch.device) -> Tensor:
 
 def predict(model: nn.Module, x: Tensor) -> Tensor:
     """The classes ``model`` predicts for the inputs ``x`` (one forward pass in eval mode, no gradients)."""
-    from netvis.hooks import eval_session
-
     with eval_session(model, grad=False):
         return model(x).argmax(1)
 
