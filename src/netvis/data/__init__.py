@@ -1,4 +1,5 @@
-"""Data sets for netvis: Fashion-MNIST (full or the shipped sample), IDX folders, CIFAR-10, image folders.
+"""Data sets for netvis: Fashion-MNIST (full or the shipped sample), IDX folders, CIFAR-10, image folders,
+synthetic wafer maps with defect masks (:mod:`netvis.data.wafer`).
 
 Start with :func:`load`::
 
@@ -27,6 +28,7 @@ from netvis.data.idx import read_idx, read_idx_images, read_idx_labels, read_idx
 from netvis.data.loaders import batches, loader, split, split_indices
 from netvis.data.registry import load, names
 from netvis.data.transforms import Preprocess, random_crop, random_hflip
+from netvis.data.wafer import WAFER_CLASSES, WaferMapDataset, generate_wafer_maps, load_wafer_maps, load_wafer_sample
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -37,14 +39,19 @@ __all__ = [
     "ImageFolderDataset",
     "Preprocess",
     "TensorImageDataset",
+    "WAFER_CLASSES",
+    "WaferMapDataset",
     "batches",
     "channel_stats",
     "find_fashion_mnist",
+    "generate_wafer_maps",
     "load",
     "load_cifar10",
     "load_fashion_mnist",
     "load_fashion_mnist_sample",
     "load_idx_folder",
+    "load_wafer_maps",
+    "load_wafer_sample",
     "loader",
     "names",
     "random_crop",

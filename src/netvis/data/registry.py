@@ -17,6 +17,7 @@ from netvis.data.fashion_mnist import (
     load_idx_folder,
 )
 from netvis.data.folders import ImageFolderDataset, _class_dirs, is_image_folder, split_folder
+from netvis.data.wafer import load_wafer_maps, load_wafer_sample
 
 __all__ = ["load", "names"]
 
@@ -24,6 +25,9 @@ _NAMES = {
     "fashion-mnist": "Fashion-MNIST, 60,000 train / 10,000 test 28x28 grayscale images (found or downloaded)",
     "fashion-mnist-sample": "2,000 train / 1,000 test Fashion-MNIST images shipped inside netvis",
     "cifar10": "CIFAR-10 python-format batches, 50,000 train / 10,000 test 32x32 RGB (root= or NETVIS_DATA)",
+    "wafer-maps": "synthetic wafer maps, WM-811K's 8 defect classes + none, 3,600 train / 900 test 64x64 "
+    "(generated from seed 0), each with a defect mask (.masks)",
+    "wafer-maps-sample": "180 train / 90 test 64x64 wafer maps with defect masks, shipped inside netvis",
 }
 
 
@@ -57,7 +61,8 @@ def load(
     (``uint8 (N, C, H, W)``) and ``targets`` (``int64 (N,)``).
 
     Args:
-        name_or_path: ``"fashion-mnist"``, ``"fashion-mnist-sample"``, ``"cifar10"`` (see :func:`names`;
+        name_or_path: ``"fashion-mnist"``, ``"fashion-mnist-sample"``, ``"cifar10"``, ``"wafer-maps"``,
+            ``"wafer-maps-sample"`` (see :func:`names`; wafer maps also carry ``masks``;
             case and ``_``/``-`` do not matter), or a folder: IDX files (``train-images-idx3-ubyte.gz``...),
             CIFAR-10 batches (``data_batch_1``...), or images as ``root/<class>/<files>`` (optionally
             split into ``train/``, ``test/``, ``val/``). A ``pathlib.Path`` is always taken as a folder.
@@ -65,7 +70,8 @@ def load(
         root: Where to look for ``"fashion-mnist"`` / ``"cifar10"`` (see
             :func:`~netvis.data.fashion_mnist.load_fashion_mnist`).
         normalize: Normalize with the training split's statistics.
-        size: Resize items to ``(height, width)`` (int: square). For in-memory data sets the stored
+        size: Resize items to ``(height, width)`` (int: square); for ``"wafer-maps"`` the size the maps
+            are generated at (masks included). For in-memory data sets the stored
             ``images`` keep their size and statistics are computed at that size; image folders resize
             when reading.
         channels: 1 or 3 channels per item (default: as stored; image folders infer it).
@@ -95,6 +101,13 @@ def load(
             return load_fashion_mnist_sample(split, **options)
         if key in ("cifar10", "cifar-10"):
             return load_cifar10(root, split, **options)
+        if key == "wafer-maps":  # size= is the generated maps' size, so the masks match the pixels
+            return load_wafer_maps(split, size=size, normalize=normalize, channels=channels)
+        if key == "wafer-maps-sample":
+            if size is not None:
+                raise DataError("wafer-maps-sample is stored at 64x64; generate other sizes with "
+                                "load('wafer-maps', split, size=...)")
+            return load_wafer_sample(split, normalize=normalize, channels=channels)
     path = Path(os.fspath(name_or_path)).expanduser()
     if not path.exists():
         known = ", ".join(repr(n) for n in _NAMES)
