@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import scipy.ndimage
+import scipy.stats
 import torch
 from torch import nn
 
@@ -10,7 +12,7 @@ from netvis.app.experiments import metrics as M
 
 
 def test_ranks_average_ties_like_scipy():
-    stats = pytest.importorskip("scipy.stats")
+    stats = scipy.stats
     g = torch.Generator().manual_seed(0)
     values = torch.randint(0, 5, (3, 40), generator=g).float()  # many ties
     expected = torch.from_numpy(stats.rankdata(values.numpy(), axis=1)).to(torch.float64)
@@ -18,7 +20,7 @@ def test_ranks_average_ties_like_scipy():
 
 
 def test_spearman_matches_scipy_with_and_without_ties():
-    stats = pytest.importorskip("scipy.stats")
+    stats = scipy.stats
     g = torch.Generator().manual_seed(1)
     a = torch.rand(4, 6, 6, generator=g)
     b = a + 0.5 * torch.rand(4, 6, 6, generator=g)
@@ -222,7 +224,7 @@ def test_randomized_copy_changes_only_the_named_units():
 
 
 def test_gaussian_blur_matches_scipy():
-    ndimage = pytest.importorskip("scipy.ndimage")
+    ndimage = scipy.ndimage
     g = torch.Generator().manual_seed(6)
     x = torch.rand(2, 3, 12, 10, generator=g, dtype=torch.float64)
     blurred = M.gaussian_blur(x, 1.5)  # radius ceil(2 * 1.5) = 3, reflected borders

@@ -1,5 +1,7 @@
-"""Each experiment in its fast setting (shrunk where noted, to keep the suite short), with the direction of
-the result asserted where the fast setting shows it reliably (checked over several seeds)."""
+"""Each experiment end to end on a shrunk fast setting: the pipeline runs and its tables, metrics and files
+have the right structure. Nothing here asserts what a short training learned: a single seed's outcome
+depends on the CPU's kernels. The measurements are tested exactly in test_experiments_measures.py, the
+lecture's claims over seeds in benchmarks/experiments.py and tests/slow/ (``pytest -m slow``)."""
 
 from __future__ import annotations
 
@@ -51,49 +53,36 @@ def test_depth_runs_identical_twins(tmp_path):
     assert (tmp_path / "figures" / "training-error.png").stat().st_size > 1000
 
 
-def test_bn_only_training_learns_far_above_chance():
-    # the fast setting, BN-only row: 25-31% test accuracy over seeds 0-2 (chance 10%)
-    result = experiments.run("bn-trainable", device="cpu", policies=("bn",), limit_test=500)
-    (row,) = result.table
-    assert row["trainable"] == "bn"
-    assert row["trainable_parameters"] == 784 and row["fraction"] < 0.02
-    assert row["test_accuracy"] > result.metrics["chance"] + 0.1
+def test_bn_trainable_counts_the_bn_parameters():
+    result = experiments.run("bn-trainable", device="cpu", policies=("bn", "all"), limit_train=64, limit_test=32,
+                             epochs=1)
+    rows = {r["trainable"]: r for r in result.table}
+    assert list(rows) == ["bn", "all"]
+    # resnet20_cifar with widths 8/16/32: 2 x (8 + 6 x 8 + 6 x 16 + 6 x 32 + 2 x 16 + 2 x 32) gamma and beta
+    assert rows["bn"]["trainable_parameters"] == 784
+    total = rows["all"]["trainable_parameters"]
+    assert rows["all"]["fraction"] == 1.0 and rows["bn"]["fraction"] == pytest.approx(784 / total)
+    assert result.metrics["chance"] == pytest.approx(0.1)
+    assert result.metrics["test_accuracy"] == {p: rows[p]["test_accuracy"] for p in rows}
+    assert all(0 <= r["test_accuracy"] <= 1 and 0 <= r["train_accuracy"] <= 1 for r in result.table)
+    assert set(result.figures) == {"test-accuracy"}
 
 
-def test_bn_statistics_train_mode_pitfall():
-    result = experiments.run("bn-statistics", device="cpu", limit_train=500, limit_test=300, epochs=2,
-                             batch_sizes=(32,), eval_batch_sizes=(1, 256))
+def test_bn_statistics_tables():
+    result = experiments.run("bn-statistics", device="cpu", limit_train=96, limit_test=64, epochs=1,
+                             batch_sizes=(16,), batch_size=32, eval_batch_sizes=(1, 64))
+    assert [r["batch_size"] for r in result.table] == [16, 32]
+    assert [r["lr"] for r in result.table] == [pytest.approx(0.05), pytest.approx(0.1)]  # scaled with the batch
+    assert [r["steps"] for r in result.table] == [6, 3]
     modes = result.tables["train vs eval mode"]
-    eval_acc = modes[0]["accuracy"]
-    by = {(r["mode"], r["batch_size"], r["batches"]): r for r in modes}
-    one, large = by["train", 1, "shuffled"], by["train", 256, "shuffled"]
-    assert eval_acc > 0.4
-    assert one["accuracy"] < eval_acc - 0.2  # every image normalised by itself
-    assert large["accuracy"] > eval_acc - 0.05  # large random batches: batch statistics are fine
-    assert by["train", 32, "one class"]["accuracy"] < eval_acc - 0.2  # the class signal normalised away
-    assert one["eval_after"] < eval_acc  # the train-mode pass overwrote the running averages...
-    (row,) = result.table
-    assert row["test_accuracy_running"] == pytest.approx(eval_acc)  # ...of a scratch copy only
-
-
-def test_bias_marker_is_learned_and_found():
-    result = experiments.run("bias", device="cpu", limit_train=1000, limit_test=500, n_images=16,
-                             methods=("occlusion", "gradient", "integrated-gradients"))
-    behaviour = result.tables["behaviour"]
-    assert behaviour[2]["accuracy"] > behaviour[1]["accuracy"] + 0.3  # the cue's class needs the marker
-    assert behaviour[4]["predicted_as_cue_class"] > behaviour[3]["predicted_as_cue_class"] + 0.1  # husky -> wolf
-    rows = {r["method"]: r for r in result.table}
-    assert {r["marker"] for r in result.table} == {"square"}
-    # occlusion found the marker on 5 of 5 seeds in the fast setting (benchmarks/bias_markers.py), IG on 4 of 5
-    assert rows["occlusion"]["peak_on_marker"] >= 0.75
-    assert rows["integrated-gradients"]["peak_on_marker"] >= 0.75
-    assert rows[RANDOM]["peak_on_marker"] <= 0.2
-    # the plain gradient puts more than chance of its mass on the marker, but its peak mostly elsewhere (see docs)
-    assert rows["gradient"]["mass_on_marker"] > rows["gradient"]["marker_area"]
-    path = result.tables["gradient along the marker's path"]
-    assert [r["alpha"] for r in path] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert path[-1]["logit"] > path[0]["logit"] + 2  # the marker drives the cue class's logit
-    assert all(r["gradient_on_marker"] > 0 and r["largest_elsewhere"] >= r["gradient_elsewhere"] for r in path)
+    assert [(r["mode"], r["batch_size"], r["batches"]) for r in modes] == [
+        ("eval", None, ""), ("eval", None, ""), ("train", 1, "shuffled"), ("train", 64, "shuffled"),
+        ("train", 32, "one class")]
+    (row,) = [r for r in result.table if r["batch_size"] == 32]
+    assert modes[0]["accuracy"] == row["test_accuracy_running"]
+    assert modes[1]["accuracy"] == row["test_accuracy_recomputed"]
+    assert result.metrics["train_mode_accuracy"] == {"1": modes[2]["accuracy"], "64": modes[3]["accuracy"]}
+    assert all(0 <= r["accuracy"] <= 1 for r in modes)
 
 
 def test_bias_several_marker_patterns_each_on_its_own_network():
@@ -110,33 +99,40 @@ def test_bias_several_marker_patterns_each_on_its_own_network():
                         methods=("occlusion",), occlusion_fill="white")
 
 
-def test_sanity_gradient_decorrelates_guided_backprop_does_not_at_the_top():
-    result = experiments.run("sanity", device="cpu", methods=("gradient", "guided-backprop"), n_images=4,
-                             independent=False, train_limit=300, train_epochs=1)
-    summary = {r["method"]: r for r in result.table}
+def test_sanity_tables_on_the_shipped_checkpoint():
+    result = experiments.run("sanity", device="cpu", methods=("gradient", "guided-backprop"), n_images=2,
+                             train_limit=64, train_epochs=1)
     units = result.metrics["units"]
     assert units == ["conv1", "bn1", "layer1", "layer2", "layer3", "fc"]
-    assert summary["gradient"]["spearman_all_units"] < 0.5
-    assert summary["gradient"]["spearman_top_unit"] < 0.6
-    # guided backprop's maps barely change when the output layer is randomised (Adebayo et al.)
-    assert summary["guided-backprop"]["spearman_top_unit"] > 0.9
+    assert [r["method"] for r in result.table] == ["gradient", "guided-backprop"]
     rows = result.tables["all comparisons"]
-    assert {r["test"] for r in rows} == {"cascading", "labels"}
-    assert len([r for r in rows if r["test"] == "cascading"]) == 2 * len(units)
+    assert [(r["test"], r["randomized"]) for r in rows if r["method"] == "gradient"] == (
+        [("cascading", u) for u in reversed(units)] + [("independent", u) for u in reversed(units)]
+        + [("labels", "training labels")])
     assert all(-1 <= r["spearman"] <= 1 and r["ssim"] <= 1 for r in rows)
+    summary = {r["method"]: r for r in result.table}
+    for method, row in summary.items():
+        cascading = [r for r in rows if r["method"] == method and r["test"] == "cascading"]
+        assert row["spearman_top_unit"] == cascading[0]["spearman"]
+        assert row["spearman_all_units"] == cascading[-1]["spearman"]
+    assert set(result.metrics["label_models"]) == {"true labels", "permuted labels"}
+    assert set(result.figures) == {"cascading"}
 
 
-def test_faithfulness_every_method_deletes_faster_than_a_random_map():
-    # 4 steps instead of the fast setting's 16: the same ordering over seeds 0-2, in half the time
-    result = experiments.run("faithfulness", device="cpu", baselines=("blur",), steps=4)
-    rows = {r["method"]: r for r in result.table}
-    assert set(rows) == {"occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad",
-                         "integrated-gradients", "grad-cam", "guided-grad-cam", RANDOM}
-    for name, row in rows.items():
-        if name != RANDOM:
-            assert row["deletion_auc"] < rows[RANDOM]["deletion_auc"], name
-            assert row["insertion_auc"] > rows[RANDOM]["insertion_auc"], name
-    assert rows["occlusion"]["deletion_auc"] < rows[RANDOM]["deletion_auc"] - 0.1
+def test_faithfulness_rows_for_every_method_and_baseline():
+    result = experiments.run("faithfulness", device="cpu", methods=("occlusion", "gradient"), n_images=4,
+                             steps=4, baselines=("blur", "black"))
+    assert [(r["method"], r["baseline"]) for r in result.table] == [
+        ("occlusion", "blur"), ("gradient", "blur"), (RANDOM, "blur"),
+        ("occlusion", "black"), ("gradient", "black"), (RANDOM, "black")]
+    for r in result.table:
+        assert r["images"] == 4 and 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
+        assert (r["deletion_wins"] is None) == (r["method"] == RANDOM)
+    assert result.metrics["deletion_auc"]["blur"] == {r["method"]: r["deletion_auc"] for r in result.table[:3]}
+    curves = result.metrics["mean_curves"]["black"]["gradient"]
+    assert len(curves["deletion"]) == len(curves["insertion"]) == 5
+    assert curves["deletion"][0] == pytest.approx(curves["insertion"][-1])  # both the untouched image
+    assert set(result.figures) == {"curves-blur", "curves-black"}
 
 
 def test_experiments_accept_data_sets_and_leave_global_state_alone():

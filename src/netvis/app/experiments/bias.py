@@ -38,6 +38,9 @@ from netvis.app.experiments.metrics import (
     region_hits,
     saliency_maps,
 )
+from netvis.app.render.figures import method_grid
+from netvis.data import TensorImageDataset
+from netvis.hooks import eval_session
 
 ALL_METHODS = ("occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
                "grad-cam", "guided-grad-cam")
@@ -109,8 +112,6 @@ def plant(data: Any, mask: torch.Tensor, cue_class: int, cue_rate: float, other_
     marked = torch.where(targets == cue_class, draw < cue_rate, draw < other_rate)
     images = data.images.cpu().clone()
     images[marked] = add_marker(images[marked], mask, value, pattern)
-    from netvis.data import TensorImageDataset
-
     planted = TensorImageDataset(images, data.targets, data.classes, mean=data.mean, std=data.std,
                                  channels=data.preprocess.channels, name=data.name, split=data.split)
     return planted, marked
@@ -184,12 +185,96 @@ def _occlusion_fill(fill: Any, data: Any, device: Any) -> Any:
     raise ValueError(f"occlusion_fill must be 'black', 'mean', 'channel_mean' or a number, got {fill!r}")
 
 
+def behaviour_table(model: Any, test_data: Any, mask: torch.Tensor, value: int, pattern: str, cue_class: int,
+                    device: Any) -> list[dict[str, Any]]:
+    """The shortcut in the network's behaviour: five rows, each with the share of images classified
+    right (``accuracy``) and classified as ``cue_class`` (``predicted_as_cue_class``).
+
+    The rows: every test image clean; images of ``cue_class`` clean and with the marker; images of the
+    other classes clean and with the marker (the husky that becomes a wolf). The model runs in eval mode,
+    without gradients; its state is as before afterwards.
+
+    Args:
+        model: the classifier.
+        test_data: an in-memory netvis data set (``uint8`` images, ``preprocess``).
+        mask: ``(H, W)`` boolean marker region (:func:`netvis.app.experiments.metrics.marker_mask`).
+        value: the marker's intensity.
+        pattern: one of :data:`netvis.app.experiments.metrics.MARKER_PATTERNS`.
+        cue_class: the class the marker was planted in.
+        device: where the model runs.
+
+    Returns:
+        Five dicts with ``marker``, ``test images``, ``images``, ``accuracy``, ``predicted_as_cue_class``.
+    """
+    k = int(cue_class)
+    targets = test_data.targets.cpu()
+    images = test_data.images.cpu()
+    cue, other = targets == k, targets != k
+    with eval_session(model, grad=False):
+        clean = _predict(model, test_data, images, device)
+        with_marker = _predict(model, test_data, add_marker(images, mask, value, pattern), device)
+
+    def row(label: str, rows: torch.Tensor, predicted: torch.Tensor) -> dict[str, Any]:
+        return {"marker": pattern, "test images": label, "images": int(rows.sum()),
+                "accuracy": float((predicted[rows] == targets[rows]).float().mean()),
+                "predicted_as_cue_class": float((predicted[rows] == k).float().mean())}
+
+    cue_name = test_data.classes[k]
+    return [
+        row("all, clean", torch.ones_like(cue), clean),
+        row(f"class {k} ({cue_name}), clean", cue, clean),
+        row(f"class {k} ({cue_name}), with marker", cue, with_marker),
+        row("other classes, clean", other, clean),
+        row("other classes, with marker", other, with_marker),
+    ]
+
+
+def measure_marker(model: Any, test_data: Any, mask: torch.Tensor, *, pattern: str, cue_class: int, value: int,
+                   pick: torch.Tensor, methods: list[str], options: dict[str, Any], device: Any,
+                   generator: torch.Generator) -> dict[str, Any]:
+    """Everything the experiment measures on one trained network, for one marker pattern.
+
+    * ``behaviour``: :func:`behaviour_table`;
+    * ``rows``: one per method, on the test images at ``pick`` with the marker added, each explained for
+      ``cue_class``: the means over the images of :func:`netvis.app.experiments.metrics.region_hits`
+      (``peak_on_marker``, ``argmax_on_marker``, ``top_on_marker``, ``mass_on_marker``) and the marker's
+      share of the image (``marker_area``, what a map spread evenly puts on it);
+    * ``saturation``: :func:`_saturation` along the path from those images without to with the marker;
+    * ``x`` and ``maps``: the explained inputs and the maps, ``{method: (N, H, W)}``.
+
+    Args:
+        model: the classifier.
+        test_data: an in-memory netvis data set.
+        mask: ``(H, W)`` boolean marker region.
+        pattern, value: the marker (:func:`netvis.app.experiments.metrics.add_marker`).
+        cue_class: the class explained.
+        pick: positions in ``test_data`` of the images to explain.
+        methods: saliency method names, ``"random"`` included where wanted.
+        options: per-method options (:func:`netvis.app.experiments.metrics.method_options`).
+        device: where the model runs.
+        generator: for the random map.
+    """
+    k = int(cue_class)
+    area = float(mask.float().mean())
+    images = test_data.images.cpu()
+    behaviour = behaviour_table(model, test_data, mask, value, pattern, k, device)
+    x = test_data.preprocess(add_marker(images[pick], mask, value, pattern)).to(device)
+    target = torch.full((len(pick),), k, dtype=torch.long, device=device)
+    maps = saliency_maps(model, x, target, methods, options, generator=generator)
+    saturation = _saturation(model, test_data.preprocess(images[pick]).to(device), x, target, mask, pattern)
+    rows = []
+    for name in methods:
+        hits = region_hits(maps[name], mask)
+        rows.append({"marker": pattern, "method": name, "images": len(pick),
+                     "peak_on_marker": float(hits["peak"].mean()), "argmax_on_marker": float(hits["argmax"].mean()),
+                     "top_on_marker": float(hits["top"].mean()), "mass_on_marker": float(hits["mass"].mean()),
+                     "marker_area": area})
+    return {"behaviour": behaviour, "rows": rows, "saturation": saturation, "x": x, "maps": maps}
+
+
 def _one_marker(ctx: Context, train_data: Any, test_data: Any, mask: torch.Tensor, area: float, pattern: str,
                 stream: int) -> dict[str, Any]:
     """Plant one marker pattern, train a network on it and measure its behaviour and the maps."""
-    from netvis.app.render.figures import method_grid
-    from netvis.hooks import eval_session
-
     p = ctx.params
     k = int(p["cue_class"])
     h, w = mask.shape
@@ -200,47 +285,18 @@ def _one_marker(ctx: Context, train_data: Any, test_data: Any, mask: torch.Tenso
                        model_options={"stage_channels": tuple(p["stage_channels"])})
     model = result.model.eval()
 
-    # behaviour
-    targets = test_data.targets.cpu()
-    images = test_data.images.cpu()
-    cue, other = targets == k, targets != k
-    with eval_session(model, grad=False):
-        clean = _predict(model, test_data, images, ctx.device)
-        with_marker = _predict(model, test_data, add_marker(images, mask, value, pattern), ctx.device)
-
-    def row(label: str, rows: torch.Tensor, predicted: torch.Tensor) -> dict[str, Any]:
-        return {"marker": pattern, "test images": label, "images": int(rows.sum()),
-                "accuracy": float((predicted[rows] == targets[rows]).float().mean()),
-                "predicted_as_cue_class": float((predicted[rows] == k).float().mean())}
-
-    everything = torch.ones_like(cue)
-    cue_name = train_data.classes[k]
-    behaviour = [
-        row("all, clean", everything, clean),
-        row(f"class {k} ({cue_name}), clean", cue, clean),
-        row(f"class {k} ({cue_name}), with marker", cue, with_marker),
-        row("other classes, clean", other, clean),
-        row("other classes, with marker", other, with_marker),
-    ]
-
     # maps on test images of the cue class, with the marker
-    pool = torch.nonzero(cue).flatten()
+    pool = torch.nonzero(test_data.targets.cpu() == k).flatten()
     pick = pool[ctx.pick(len(pool), int(p["n_images"]), 2)]
-    x = test_data.preprocess(add_marker(images[pick], mask, value, pattern)).to(ctx.device)
-    target = torch.full((len(pick),), k, dtype=torch.long, device=ctx.device)
     window = p["occlusion_window"] if p["occlusion_window"] is not None else int(p["marker_size"])
     options = method_options(model, (h, w), {**p, "occlusion_window": window}, seed=ctx.seed)
     options["occlusion"]["fill"] = _occlusion_fill(p["occlusion_fill"], test_data, ctx.device)
     methods = [m for m in p["methods"] if m != RANDOM] + [RANDOM]
-    maps = saliency_maps(model, x, target, methods, options, generator=ctx.generator(3))
-    saturation = _saturation(model, test_data.preprocess(images[pick]).to(ctx.device), x, target, mask, pattern)
-    rows = []
-    for name in methods:
-        hits = region_hits(maps[name], mask)
-        rows.append({"marker": pattern, "method": name, "images": len(pick),
-                     "peak_on_marker": float(hits["peak"].mean()), "argmax_on_marker": float(hits["argmax"].mean()),
-                     "top_on_marker": float(hits["top"].mean()), "mass_on_marker": float(hits["mass"].mean()),
-                     "marker_area": area})
+    measured = measure_marker(model, test_data, mask, pattern=pattern, cue_class=k, value=value, pick=pick,
+                              methods=methods, options=options, device=ctx.device, generator=ctx.generator(3))
+    behaviour, rows, saturation = measured["behaviour"], measured["rows"], measured["saturation"]
+    x, maps = measured["x"], measured["maps"]
+    cue_name = train_data.classes[k]
     by = {r["method"]: r for r in rows}
     flip = behaviour[4]["predicted_as_cue_class"] - behaviour[3]["predicted_as_cue_class"]
     metrics = {
@@ -284,8 +340,6 @@ def _saturation(model, clean: torch.Tensor, marked: torch.Tensor, target: torch.
     """The cue class's logit and the gradient's size along the straight line from the images without the
     marker (``alpha`` 0) to the images with it (``alpha`` 1, where the maps are computed): on the marker
     pixels (mean of |gradient|) and elsewhere (mean, and the mean over images of the largest)."""
-    from netvis.hooks import eval_session
-
     on = mask.to(clean.device)
     rows = []
     with eval_session(model, grad=True):

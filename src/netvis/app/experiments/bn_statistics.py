@@ -25,6 +25,10 @@ from typing import Any
 import torch
 
 from netvis.app.experiments._common import Context, Experiment, ExperimentResult, Timer
+from netvis.bn import recalibrate
+from netvis.hooks import preserved_state
+from netvis.train._batches import iterate
+from netvis.train.evaluate import evaluate
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "fast": {
@@ -56,13 +60,30 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _accuracy_in_train_mode(model, data, order: torch.Tensor, batch_size: int, device) -> tuple[float, float]:
-    """Accuracy with every BN layer normalising by its batch (train mode), batches in ``order``; then the
-    eval-mode accuracy with the running averages that pass left behind. The model is restored afterwards."""
-    from netvis.hooks import preserved_state
-    from netvis.train._batches import iterate
-    from netvis.train.evaluate import evaluate
+def train_mode_accuracy(model, data, order: torch.Tensor, batch_size: int, device) -> tuple[float, float]:
+    """Accuracy with every BN layer normalising by its batch (train mode), and what that pass leaves behind.
 
+    The images of ``data`` go through ``model`` in train mode, ``batch_size`` at a time, in ``order``: each
+    BN layer normalises with the batch's own mean and (biased) variance, and, as in training, updates its
+    running averages with them (momentum :math:`m`, unbiased variance):
+
+    .. math:: \\hat\\mu \\leftarrow (1 - m)\\,\\hat\\mu + m\\,\\mu_B, \\qquad
+              \\hat\\sigma^2 \\leftarrow (1 - m)\\,\\hat\\sigma^2 + m\\,\\tfrac{n}{n-1}\\sigma_B^2
+
+    Then the eval-mode accuracy with the running averages that pass left behind (``eval_after``). The
+    model's modes, buffers and flags are restored afterwards (:func:`netvis.hooks.preserved_state`), so the
+    trained model keeps its statistics.
+
+    Args:
+        model: a classifier with BN layers.
+        data: an in-memory netvis data set (images are preprocessed by ``data.preprocess``).
+        order: ``(N,)`` positions of ``data`` to visit, in order (batches are consecutive runs of it).
+        batch_size: images per train-mode batch.
+        device: where the model runs.
+
+    Returns:
+        ``(train-mode accuracy over the images of order, eval-mode accuracy on all of data afterwards)``.
+    """
     correct = 0
     with preserved_state(model), torch.no_grad():
         model.train()
@@ -70,6 +91,48 @@ def _accuracy_in_train_mode(model, data, order: torch.Tensor, batch_size: int, d
             correct += int((model(x).argmax(1) == y).sum())
         after = evaluate(model, data, device=device).accuracy
     return correct / len(order), after
+
+
+def mode_table(model, test_data, *, eval_accuracy: float, recomputed_accuracy: float | None,
+               eval_batch_sizes, one_class_batch_size: int, generator: torch.Generator,
+               device) -> list[dict[str, Any]]:
+    """The "train vs eval mode" table: eval mode (running averages, recomputed statistics), then train mode
+    with shuffled batches of each of ``eval_batch_sizes`` and with batches of one class.
+
+    Shuffled batches follow one random permutation of ``test_data`` drawn from ``generator``; one-class
+    batches follow the images sorted by class (stable), ``one_class_batch_size`` at a time (a batch
+    spans two classes only where a class's count is not a multiple of it).
+
+    Args:
+        model: the trained classifier (left as it was: :func:`train_mode_accuracy`).
+        test_data: an in-memory netvis data set.
+        eval_accuracy: the eval-mode accuracy with the running averages (the first row).
+        recomputed_accuracy: the eval-mode accuracy with recomputed statistics, or ``None`` (no such row).
+        eval_batch_sizes: train-mode batch sizes for shuffled batches.
+        one_class_batch_size: the batch size of the one-class row.
+        generator: draws the shuffled order.
+        device: where the model runs.
+
+    Returns:
+        Rows with ``mode``, ``statistics``, ``batch_size``, ``batches``, ``accuracy``, ``eval_after``.
+    """
+    rows: list[dict[str, Any]] = [
+        {"mode": "eval", "statistics": "running averages", "batch_size": None, "batches": "",
+         "accuracy": eval_accuracy, "eval_after": eval_accuracy},
+    ]
+    if recomputed_accuracy is not None:
+        rows.append({"mode": "eval", "statistics": "recomputed", "batch_size": None, "batches": "",
+                     "accuracy": recomputed_accuracy, "eval_after": None})
+    shuffled = torch.randperm(len(test_data), generator=generator)
+    by_class = torch.sort(test_data.targets.cpu(), stable=True).indices
+    for b in eval_batch_sizes:
+        acc, after = train_mode_accuracy(model, test_data, shuffled, int(b), device)
+        rows.append({"mode": "train", "statistics": "the batch's own", "batch_size": int(b),
+                     "batches": "shuffled", "accuracy": acc, "eval_after": after})
+    acc, after = train_mode_accuracy(model, test_data, by_class, int(one_class_batch_size), device)
+    rows.append({"mode": "train", "statistics": "the batch's own", "batch_size": int(one_class_batch_size),
+                 "batches": "one class", "accuracy": acc, "eval_after": after})
+    return rows
 
 
 def _figure(batch_rows: list[dict[str, Any]], mode_rows: list[dict[str, Any]]):
@@ -106,9 +169,6 @@ def _figure(batch_rows: list[dict[str, Any]], mode_rows: list[dict[str, Any]]):
 
 
 def run(ctx: Context) -> ExperimentResult:
-    from netvis.bn import recalibrate
-    from netvis.train.evaluate import evaluate
-
     p = ctx.params
     train_data, test_data = ctx.limited_data()
     options = {"stage_channels": tuple(p["stage_channels"])}
@@ -144,21 +204,9 @@ def run(ctx: Context) -> ExperimentResult:
     ref_row = next(r for r in batch_rows if r["batch_size"] == reference)
     running, recomputed = ref_row["test_accuracy_running"], ref_row["test_accuracy_recomputed"]
     eval_acc = running
-    mode_rows: list[dict[str, Any]] = [
-        {"mode": "eval", "statistics": "running averages", "batch_size": None, "batches": "", "accuracy": eval_acc,
-         "eval_after": eval_acc},
-        {"mode": "eval", "statistics": "recomputed", "batch_size": None, "batches": "", "accuracy": recomputed,
-         "eval_after": None},
-    ]
-    shuffled = torch.randperm(len(test_data), generator=ctx.generator(3))
-    by_class = torch.sort(test_data.targets, stable=True).indices
-    for b in p["eval_batch_sizes"]:
-        acc, after = _accuracy_in_train_mode(model, test_data, shuffled, int(b), ctx.device)
-        mode_rows.append({"mode": "train", "statistics": "the batch's own", "batch_size": int(b),
-                          "batches": "shuffled", "accuracy": acc, "eval_after": after})
-    acc, after = _accuracy_in_train_mode(model, test_data, by_class, reference, ctx.device)
-    mode_rows.append({"mode": "train", "statistics": "the batch's own", "batch_size": reference,
-                      "batches": "one class", "accuracy": acc, "eval_after": after})
+    mode_rows = mode_table(model, test_data, eval_accuracy=eval_acc, recomputed_accuracy=recomputed,
+                           eval_batch_sizes=p["eval_batch_sizes"], one_class_batch_size=reference,
+                           generator=ctx.generator(3), device=ctx.device)
 
     train_rows = [r for r in mode_rows if r["mode"] == "train" and r["batches"] == "shuffled"]
     smallest = min(train_rows, key=lambda r: r["batch_size"])

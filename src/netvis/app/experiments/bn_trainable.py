@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from netvis.app.experiments._common import Context, Experiment, ExperimentResult, Timer
+from netvis.bn import set_trainable
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "fast": {
@@ -65,9 +66,19 @@ def _figure(curves: dict[str, list[dict[str, Any]]], chance: float):
     return fig
 
 
-def run(ctx: Context) -> ExperimentResult:
-    from netvis.bn import set_trainable
+def parameter_counts(model: Any, policy: str) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts of ``model`` under a :func:`netvis.bn.set_trainable` policy.
 
+    The model's ``requires_grad`` flags are as before afterwards.
+    """
+    total = sum(q.numel() for q in model.parameters())
+    with set_trainable(model, policy) as state:
+        params = dict(model.named_parameters())
+        trainable = sum(params[name].numel() for name in state.trainable)
+    return trainable, total
+
+
+def run(ctx: Context) -> ExperimentResult:
     p = ctx.params
     train_data, test_data = ctx.limited_data()
     chance = 1 / len(train_data.classes)
@@ -78,10 +89,7 @@ def run(ctx: Context) -> ExperimentResult:
         result = ctx.train(p["model"], train_data, test_data, epochs=p["epochs"], batch_size=p["batch_size"],
                            lr=p["lr"], model_options={"stage_channels": tuple(p["stage_channels"])},
                            trainable=policy)
-        total = sum(q.numel() for q in result.model.parameters())
-        with set_trainable(result.model, policy) as state:
-            params = dict(result.model.named_parameters())
-            trainable = sum(params[name].numel() for name in state.trainable)
+        trainable, total = parameter_counts(result.model, policy)
         last = result.metrics[-1]
         curves[policy] = result.metrics
         rows.append(

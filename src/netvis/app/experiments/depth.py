@@ -66,6 +66,53 @@ def _figure(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]])
     return fig
 
 
+def result_row(model: str, kind: str, layers: int, network: Any, metrics: list[dict[str, Any]],
+               seconds: float) -> dict[str, Any]:
+    """One row of the table from a finished training: the last epoch's training loss and errors.
+
+    Args:
+        model: the model's name; kind: ``"plain"`` or ``"residual"``; layers: its depth.
+        network: the trained ``nn.Module`` (its parameters are counted).
+        metrics: the per-epoch metrics of :func:`netvis.train.train` (``train_loss``, ``train_accuracy``,
+            ``test_accuracy``).
+        seconds: how long it trained.
+    """
+    last = metrics[-1]
+    return {
+        "model": model,
+        "kind": kind,
+        "layers": layers,
+        "parameters": sum(q.numel() for q in network.parameters()),
+        "train_loss": last["train_loss"],
+        "train_error": 1 - last["train_accuracy"],
+        "test_error": 1 - last["test_accuracy"],
+        "seconds": round(seconds, 1),
+    }
+
+
+def degradation(rows: list[dict[str, Any]], depths: Any) -> dict[str, Any]:
+    """The degradation problem in numbers: how much more training error the deeper net of each kind ends with.
+
+    .. math:: \\text{gap}_{k} = e_{\\text{train}}(k, d_{\\max}) - e_{\\text{train}}(k, d_{\\min})
+
+    He et al.'s finding is ``plain_gap > 0`` (the deeper plain net trains worse) and
+    ``residual_gap < plain_gap``; ``depth_penalty`` is ``plain_gap - residual_gap`` (positive: depth
+    hurts the plain net more), ``deep_plain_vs_residual`` the deep plain net's training error minus its
+    residual twin's.
+
+    Args:
+        rows: :func:`result_row` rows, one per kind and depth.
+        depths: the depths trained.
+    """
+    by = {(r["kind"], r["layers"]): r for r in rows}
+    shallow, deep = min(depths), max(depths)
+    plain_gap = by["plain", deep]["train_error"] - by["plain", shallow]["train_error"]
+    residual_gap = by["residual", deep]["train_error"] - by["residual", shallow]["train_error"]
+    return {"plain_gap": plain_gap, "residual_gap": residual_gap, "depth_penalty": plain_gap - residual_gap,
+            "deep_plain_vs_residual": by["plain", deep]["train_error"] - by["residual", deep]["train_error"],
+            "shallow": shallow, "deep": deep}
+
+
 def run(ctx: Context) -> ExperimentResult:
     p = ctx.params
     train_data, test_data = ctx.limited_data()
@@ -80,25 +127,12 @@ def run(ctx: Context) -> ExperimentResult:
             timer = Timer()
             result = ctx.train(model, train_data, test_data, epochs=p["epochs"], batch_size=p["batch_size"],
                                lr=p["lr"], model_options=options, seed_stream=depth)
-            last = result.metrics[-1]
             curves[model] = result.metrics
-            rows.append(
-                {
-                    "model": model,
-                    "kind": kind,
-                    "layers": depth,
-                    "parameters": sum(q.numel() for q in result.model.parameters()),
-                    "train_loss": last["train_loss"],
-                    "train_error": 1 - last["train_accuracy"],
-                    "test_error": 1 - last["test_accuracy"],
-                    "seconds": round(timer(), 1),
-                }
-            )
+            rows.append(result_row(model, kind, depth, result.model, result.metrics, timer()))
     by = {(r["kind"], r["layers"]): r for r in rows}
-    shallow, deep = min(p["depths"]), max(p["depths"])
-    plain_gap = by["plain", deep]["train_error"] - by["plain", shallow]["train_error"]
-    residual_gap = by["residual", deep]["train_error"] - by["residual", shallow]["train_error"]
-    metrics = {"plain_gap": plain_gap, "residual_gap": residual_gap, "shallow": shallow, "deep": deep}
+    metrics = degradation(rows, p["depths"])
+    shallow, deep = metrics["shallow"], metrics["deep"]
+    plain_gap, residual_gap = metrics["plain_gap"], metrics["residual_gap"]
     findings = [
         f"plain: the {deep}-layer net ends with a training error {abs(plain_gap):.1%} "
         f"{'higher' if plain_gap > 0 else 'lower'} than the {shallow}-layer net "

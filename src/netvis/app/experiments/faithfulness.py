@@ -23,7 +23,15 @@ from typing import Any
 
 import torch
 
-from netvis.app.experiments._common import Context, Experiment, ExperimentResult, describe_model, inputs, predict
+from netvis.app.experiments._common import (
+    Context,
+    Experiment,
+    ExperimentResult,
+    describe_model,
+    inputs,
+    mix_seed,
+    predict,
+)
 from netvis.app.experiments.metrics import RANDOM, curve_area, method_options, perturbation_curves, saliency_maps
 
 ALL_METHODS = ("occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
@@ -103,6 +111,60 @@ def _sem(values: torch.Tensor) -> float:
     return float(values.std() / len(values) ** 0.5) if len(values) > 1 else 0.0
 
 
+def deletion_insertion(model: Any, x: torch.Tensor, target: torch.Tensor, maps: dict[str, torch.Tensor], *,
+                       baseline: Any, steps: int, blur_sigma: float, tie_seed: int
+                       ) -> tuple[list[dict[str, Any]], dict[str, dict[str, torch.Tensor]]]:
+    """Deletion and insertion curves of every map, their areas, and the comparison with the random map.
+
+    Every map's curves come from :func:`netvis.app.experiments.metrics.perturbation_curves` (ties broken by
+    a generator seeded with ``tie_seed``, the same for every map), their areas from
+    :func:`netvis.app.experiments.metrics.curve_area`.
+
+    Args:
+        model: the classifier.
+        x: ``(N, C, H, W)`` inputs; target: ``(N,)`` the classes explained.
+        maps: ``{method: (N, H, W)}``, with ``"random"`` among them.
+        baseline: what a deleted pixel becomes (a name or tensor, as :func:`perturbation_curves` takes).
+        steps: deletion steps; blur_sigma: for the ``"blur"`` baseline.
+        tie_seed: seed of the tie-breaking generator.
+
+    Returns:
+        ``(rows, curves)``: per method its mean ``deletion_auc``/``insertion_auc`` with standard errors, the
+        share of images whose deletion area is below the random map's on the same image
+        (``deletion_wins``; ``None`` for the random map), and whether the mean areas beat the random map's;
+        ``curves`` is ``{method: {"deletion", "insertion": (N, steps + 1)}}``.
+    """
+    if RANDOM not in maps:
+        raise ValueError(f"maps must include the {RANDOM!r} map, the baseline every method is compared with")
+    curves: dict[str, dict[str, torch.Tensor]] = {}
+    for method, saliency in maps.items():
+        curves[method] = {
+            mode: perturbation_curves(model, x, saliency.to(x.device), target, mode=mode, steps=int(steps),
+                                      baseline=baseline, blur_sigma=float(blur_sigma),
+                                      generator=torch.Generator().manual_seed(tie_seed))
+            for mode in ("deletion", "insertion")
+        }
+    random_deletion = curve_area(curves[RANDOM]["deletion"])
+    random_insertion = curve_area(curves[RANDOM]["insertion"])
+    rows: list[dict[str, Any]] = []
+    for method in maps:
+        deletion, insertion = curve_area(curves[method]["deletion"]), curve_area(curves[method]["insertion"])
+        rows.append({
+            "method": method,
+            "baseline": str(baseline) if not isinstance(baseline, torch.Tensor) else "tensor",
+            "images": len(x),
+            "deletion_auc": float(deletion.mean()),
+            "deletion_sem": _sem(deletion),
+            "insertion_auc": float(insertion.mean()),
+            "insertion_sem": _sem(insertion),
+            # per image, paired with the random map on the same image
+            "deletion_wins": float((deletion < random_deletion).double().mean()) if method != RANDOM else None,
+            "deletion_below_random": method != RANDOM and float(deletion.mean()) < float(random_deletion.mean()),
+            "insertion_above_random": method != RANDOM and float(insertion.mean()) > float(random_insertion.mean()),
+        })
+    return rows, curves
+
+
 def run(ctx: Context) -> ExperimentResult:
     p = ctx.params
     model, _, test_data, description = ctx.model_for_maps()
@@ -117,32 +179,13 @@ def run(ctx: Context) -> ExperimentResult:
     mean_curves: dict[str, Any] = {}
     baselines = list(p["baselines"])
     for baseline in baselines:
-        curves: dict[str, dict[str, torch.Tensor]] = {}
         base = _baseline_value(baseline, test_data, x)
-        for method in methods:
-            curves[method] = {
-                mode: perturbation_curves(model, x, maps[method].to(x.device), target, mode=mode,
-                                          steps=int(p["steps"]), baseline=base, blur_sigma=float(p["blur_sigma"]),
-                                          generator=ctx.generator(3))
-                for mode in ("deletion", "insertion")
-            }
-        random_deletion = curve_area(curves[RANDOM]["deletion"])
-        random_insertion = curve_area(curves[RANDOM]["insertion"])
-        for method in methods:
-            deletion, insertion = curve_area(curves[method]["deletion"]), curve_area(curves[method]["insertion"])
-            rows.append({
-                "method": method,
-                "baseline": str(baseline),
-                "images": len(indices),
-                "deletion_auc": float(deletion.mean()),
-                "deletion_sem": _sem(deletion),
-                "insertion_auc": float(insertion.mean()),
-                "insertion_sem": _sem(insertion),
-                # per image, paired with the random map on the same image
-                "deletion_wins": float((deletion < random_deletion).double().mean()) if method != RANDOM else None,
-                "deletion_below_random": method != RANDOM and float(deletion.mean()) < float(random_deletion.mean()),
-                "insertion_above_random": method != RANDOM and float(insertion.mean()) > float(random_insertion.mean()),
-            })
+        these, curves = deletion_insertion(model, x, target, {m: maps[m] for m in methods}, baseline=base,
+                                           steps=int(p["steps"]), blur_sigma=float(p["blur_sigma"]),
+                                           tie_seed=mix_seed(ctx.seed, 3))
+        for row in these:
+            row["baseline"] = str(baseline)
+        rows += these
         figures[f"curves-{baseline}"] = _figure(curves, str(baseline))
         mean_curves[str(baseline)] = {m: {mode: c[mode].mean(0).tolist() for mode in c} for m, c in curves.items()}
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from netvis.app.experiments._common import (
     Context,
@@ -40,6 +41,7 @@ from netvis.app.experiments.metrics import (
     saliency_maps,
     spearman,
 )
+from netvis.data import TensorImageDataset
 
 ALL_METHODS = ("gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients", "grad-cam",
                "guided-grad-cam", "occlusion")
@@ -98,6 +100,86 @@ def _compare(reference: dict[str, torch.Tensor], maps: dict[str, torch.Tensor], 
             for m in reference]
 
 
+def cascading_randomization(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: list[str],
+                            options: dict[str, Any], units: list[str], seed: int,
+                            reference: dict[str, torch.Tensor] | None = None,
+                            ) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, torch.Tensor]]]]:
+    """Adebayo et al.'s cascading test: re-initialise the units from the top down, one more at a time.
+
+    Step :math:`i = 1..U` re-initialises the top :math:`i` units (``units[-i:]``, with
+    :func:`netvis.app.experiments.metrics.randomized_copy`, so ``model`` itself is untouched) and compares
+    every method's maps of the copy with those of the trained model (:func:`_compare`).
+
+    Args:
+        model: the trained classifier.
+        x: ``(N, C, H, W)`` inputs; target: ``(N,)`` classes explained (the same for every model).
+        methods: saliency method names; options: their options.
+        units: dotted unit names, input side first (:func:`netvis.app.experiments.metrics.layer_units`).
+        seed: the seed of the new weights.
+        reference: the trained model's maps, if already computed.
+
+    Returns:
+        ``(rows, steps)``: one row per step and method (``test`` ``"cascading"``, ``randomized`` the lowest
+        unit re-initialised, ``units`` :math:`i`, ``spearman``, ``ssim``), and per step the lowest unit's
+        name with the copy's maps.
+    """
+    original = reference if reference is not None else saliency_maps(model, x, target, methods, options)
+    rows: list[dict[str, Any]] = []
+    steps: list[tuple[str, dict[str, torch.Tensor]]] = []
+    for i in range(1, len(units) + 1):
+        top = units[-i:]
+        maps = saliency_maps(randomized_copy(model, top, seed), x, target, methods, options)
+        steps.append((top[0], maps))
+        rows += _compare(original, maps, "cascading", top[0], i)
+    return rows, steps
+
+
+def independent_randomization(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: list[str],
+                              options: dict[str, Any], units: list[str], seed: int,
+                              reference: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """Adebayo et al.'s independent test: re-initialise one unit at a time (from the top), the rest trained.
+
+    Same arguments as :func:`cascading_randomization`; rows have ``test`` ``"independent"`` and ``units`` 1.
+    A unit gets the same new weights here as in the cascading test (the seed is per unit).
+    """
+    original = reference if reference is not None else saliency_maps(model, x, target, methods, options)
+    rows: list[dict[str, Any]] = []
+    for unit in reversed(units):
+        maps = saliency_maps(randomized_copy(model, [unit], seed), x, target, methods, options)
+        rows += _compare(original, maps, "independent", unit, 1)
+    return rows
+
+
+def summary_table(rows: list[dict[str, Any]], methods: list[str], units: list[str], labels: bool
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The experiment's main table from every comparison.
+
+    Per method: the Spearman correlation after re-initialising the top unit only (``spearman_top_unit``)
+    and every unit (``spearman_all_units``), the first unit from the top whose cascading step brings it
+    below :data:`PASS_BELOW` (``"never"`` if none), and the label test's correlation (``None`` without it).
+
+    Returns:
+        ``(summary rows, {"full", "top_only", "labels", "below_at"})`` (the last as method -> value).
+    """
+    def value(method: str, test: str, units_count: int | None = None) -> float | None:
+        for r in rows:
+            if r["method"] == method and r["test"] == test and (units_count is None or r["units"] == units_count):
+                return r["spearman"]
+        return None
+
+    full = {m: value(m, "cascading", len(units)) for m in methods}
+    top_only = {m: value(m, "cascading", 1) for m in methods}
+    label_values = {m: value(m, "labels") for m in methods} if labels else {}
+    below_at: dict[str, str | None] = {}
+    for m in methods:
+        below_at[m] = next((units[-i] for i in range(1, len(units) + 1)
+                            if (value(m, "cascading", i) or 0.0) < PASS_BELOW), None)
+    summary = [{"method": m, "spearman_top_unit": top_only[m], "spearman_all_units": full[m],
+                f"below_{PASS_BELOW}_from": below_at[m] or "never", "spearman_labels": label_values.get(m)}
+               for m in methods]
+    return summary, {"full": full, "top_only": top_only, "labels": label_values, "below_at": below_at}
+
+
 def _figure(methods: list[str], original: dict[str, torch.Tensor], steps: list[tuple[str, dict[str, torch.Tensor]]]):
     from matplotlib.figure import Figure
 
@@ -133,24 +215,14 @@ def run(ctx: Context) -> ExperimentResult:
     original = saliency_maps(model, x, target, methods, options)
     units = layer_units(model, x, p["granularity"])
     seed = mix_seed(ctx.seed, 11)
-    rows: list[dict[str, Any]] = []
-    steps: list[tuple[str, dict[str, torch.Tensor]]] = []
-    for i in range(1, len(units) + 1):
-        top = units[-i:]
-        maps = saliency_maps(randomized_copy(model, top, seed), x, target, methods, options)
-        steps.append((top[0], maps))
-        rows += _compare(original, maps, "cascading", top[0], i)
+    rows, steps = cascading_randomization(model, x, target, methods, options, units, seed, reference=original)
     if p["independent"]:
-        for unit in reversed(units):
-            maps = saliency_maps(randomized_copy(model, [unit], seed), x, target, methods, options)
-            rows += _compare(original, maps, "independent", unit, 1)
+        rows += independent_randomization(model, x, target, methods, options, units, seed, reference=original)
     label_info: dict[str, Any] = {}
     if p["labels"]:
         train, test = ctx.load_data(p["image_size"])
         train = ctx.subset(train, p["train_limit"])
         permuted = train.targets[torch.randperm(len(train), generator=ctx.generator(5))]
-        from netvis.data import TensorImageDataset
-
         shuffled = TensorImageDataset(train.images, permuted, train.classes, mean=train.mean, std=train.std,
                                       channels=train.preprocess.channels, name=train.name, split="train")
         trained = {}
@@ -167,22 +239,8 @@ def run(ctx: Context) -> ExperimentResult:
         random_maps = saliency_maps(trained["permuted labels"], xl, tl, methods, opts)
         rows += _compare(true_maps, random_maps, "labels", "training labels", 0)
 
-    def value(method: str, test: str, units_count: int | None = None) -> float | None:
-        for r in rows:
-            if r["method"] == method and r["test"] == test and (units_count is None or r["units"] == units_count):
-                return r["spearman"]
-        return None
-
-    full = {m: value(m, "cascading", len(units)) for m in methods}
-    top_only = {m: value(m, "cascading", 1) for m in methods}
-    labels = {m: value(m, "labels") for m in methods} if p["labels"] else {}
-    below_at: dict[str, str | None] = {}
-    for m in methods:
-        below_at[m] = next((units[-i] for i in range(1, len(units) + 1)
-                            if (value(m, "cascading", i) or 0.0) < PASS_BELOW), None)
-    summary = [{"method": m, "spearman_top_unit": top_only[m], "spearman_all_units": full[m],
-                f"below_{PASS_BELOW}_from": below_at[m] or "never", "spearman_labels": labels.get(m)}
-               for m in methods]
+    summary, found = summary_table(rows, methods, units, bool(p["labels"]))
+    full, top_only, labels, below_at = found["full"], found["top_only"], found["labels"], found["below_at"]
     findings = [f"{describe_model(description)}; {len(units)} units, from the top: {', '.join(reversed(units))}."]
     for m in methods:
         line = f"{m}: rank correlation with the trained model's maps {top_only[m]:.2f} after randomising {units[-1]}"
