@@ -20,6 +20,8 @@ from netvis.app.jobs.saliency import run_saliency
 from netvis.app.serve import run_server
 from netvis.data import DataError
 from netvis.models import create, list_models
+from netvis.saliency import methods as saliency_methods
+from netvis.saliency.methods import Option
 from netvis.train import CheckpointError, TrainConfig, parse_model_option, resume_config, train
 from netvis.train.evaluate import evaluate_checkpoint
 
@@ -36,7 +38,19 @@ def _reported(*errors: type[BaseException]) -> Iterator[None]:
         raise click.ClickException(str(exc)) from exc
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The ``netvis`` group; ``saliency`` is built from the method registry each time it is looked up."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "saliency":
+            return saliency_command()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "saliency"})
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="netvis")
 def main() -> None:
     """netvis: see what a CNN looks at and what its units respond to."""
@@ -165,35 +179,73 @@ def evaluate_command(checkpoint: str, data: str | None, split: str, batch_size: 
     click.echo(result.format())
 
 
-_SALIENCY_METHODS = ["occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
-                     "grad-cam", "guided-grad-cam"]
+_SALIENCY_OWN = ("checkpoint", "images", "method", "target", "out", "weights", "device", "progress", "help")
+"""Parameters of ``netvis saliency`` itself; a method option may not use these names as flags."""
 
 
-@main.command("saliency")
-@click.argument("checkpoint")
-@click.argument("images", nargs=-1, required=True)
-@click.option("--method", "methods", multiple=True, type=click.Choice(_SALIENCY_METHODS),
-              help="Method to run; repeat for several (default: occlusion, gradient, guided-backprop, grad-cam).")
-@click.option("--target", help="Class index or name (default: each image's predicted class).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Local state_dict for torchvision:NAME models.")
-@click.option("--window", type=click.IntRange(min=1), help="Occlusion window (default 8).")
-@click.option("--stride", type=click.IntRange(min=1), help="Occlusion stride (default window // 2).")
-@click.option("--layer", help="Layer for Grad-CAM (dotted name; default the last convolutional stage).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16: bfloat16 autocast for occlusion, gradient, guided-backprop and deconvnet (GPUs).")
-@click.option("--progress/--no-progress", default=True)
-def saliency_command(checkpoint: str, images: tuple[str, ...], methods: tuple[str, ...], target: str | None,
-                     out: str, weights: str | None, window: int | None, stride: int | None, layer: str | None,
-                     device: str, precision: str, progress: bool) -> None:
-    """Saliency maps for IMAGES (files or sample:N) under CHECKPOINT (a checkpoint or torchvision:NAME)."""
-    chosen = list(methods) or ["occlusion", "gradient", "guided-backprop", "grad-cam"]
-    report = (lambda msg: click.echo(msg, err=True)) if progress else None
-    with _reported(ValueError, FileNotFoundError, RuntimeError):
-        written = run_saliency(checkpoint, images, chosen, out, target=target, weights=weights, window=window,
-                               stride=stride, layer=layer, progress=report, device=device, precision=precision)
-    click.echo(f"wrote {len(written)} files to {Path(out).resolve()}")
+def _method_flag(name: str, options: list[tuple[str, Option]]) -> click.Option:
+    """One command-line flag for the option ``name`` shared by the methods in ``options``."""
+    _, option = options[0]
+    if name == "precision":  # every method takes it; name those that run in more than fp32
+        users = ", ".join(m.name for m in saliency_methods.methods() if len(m.precisions) > 1)
+        text = f"{option.help}; bf16 applies to {users}, the others run in fp32"
+    else:
+        users = ", ".join(method for method, _ in options)
+        text = "; ".join(dict.fromkeys(o.help for _, o in options)) + f" ({users})"
+    kwargs: dict = {"default": None, "help": text + "."}
+    if option.type is bool:
+        return click.Option([f"--{option.cli_flag}/--no-{option.cli_flag}", option.name], **kwargs)
+    if option.choices is not None:
+        kwargs["type"] = click.Choice([str(c) for c in option.choices])
+    elif option.type is int:
+        kwargs["type"] = click.INT if option.minimum is None else click.IntRange(min=int(option.minimum))
+    elif option.type is float:
+        kwargs["type"] = click.FLOAT if option.minimum is None else click.FloatRange(min=option.minimum)
+    return click.Option([f"--{option.cli_flag}", option.name], **kwargs)
+
+
+def saliency_command() -> click.Command:
+    """``netvis saliency``, generated from the method registry (:mod:`netvis.saliency.methods`): the
+    ``--method`` choices are the registered names and every command-line option of a method is a flag
+    (``--window``, ``--layer``, ``--batch-size``, ``--precision``, ...), passed to the methods that have it."""
+    by_name: dict[str, list[tuple[str, Option]]] = {}
+    for method in saliency_methods.methods():
+        for option in method.all_options:
+            if option.cli:
+                by_name.setdefault(option.name, []).append((method.name, option))
+    for name, options in by_name.items():
+        flag = options[0][1].cli_flag
+        if flag in _SALIENCY_OWN:
+            raise click.ClickException(f"option {name!r} of {options[0][0]!r} would be --{flag}, a flag of "
+                                       "netvis saliency itself; rename it or give it another flag")
+    defaults = [method.name for method in saliency_methods.methods() if method.lecture]
+
+    def run(checkpoint: str, images: tuple[str, ...], methods: tuple[str, ...], target: str | None, out: str,
+            weights: str | None, device: str, progress: bool, **options) -> None:
+        chosen = list(methods) or defaults
+        report = (lambda msg: click.echo(msg, err=True)) if progress else None
+        with _reported(ValueError, FileNotFoundError, RuntimeError):
+            written = run_saliency(checkpoint, images, chosen, out, target=target, weights=weights,
+                                   progress=report, device=device, **options)
+        click.echo(f"wrote {len(written)} files to {Path(out).resolve()}")
+
+    params = [
+        click.Argument(["checkpoint"]),
+        click.Argument(["images"], nargs=-1, required=True),
+        click.Option(["--method", "methods"], multiple=True, type=click.Choice(saliency_methods.names()),
+                     help=f"Method to run; repeat for several (default: {', '.join(defaults)})."),
+        click.Option(["--target"], help="Class index or name (default: each image's predicted class)."),
+        click.Option(["--out"], required=True, type=click.Path(file_okay=False), help="Output folder."),
+        click.Option(["--weights"], type=click.Path(dir_okay=False),
+                     help="Local state_dict for torchvision:NAME models."),
+        click.Option(["--device"], default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto."),
+        click.Option(["--progress/--no-progress"], default=True),
+        *(_method_flag(name, options) for name, options in by_name.items()),
+    ]
+    return click.Command("saliency", callback=run, params=params,
+                         help="Saliency maps for IMAGES (files or sample:N) under CHECKPOINT (a checkpoint or "
+                              "torchvision:NAME).",
+                         short_help="Saliency maps for IMAGES under CHECKPOINT.")
 
 
 @main.command("invert")

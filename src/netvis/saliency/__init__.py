@@ -13,14 +13,13 @@ Every method is a function ``method(model, x, target=None, **options) -> Tensor`
 callable ``outputs -> (N,) scores``. Each call runs the model in eval mode and leaves it exactly as it
 was: modes, ``requires_grad`` flags, parameter ``.grad``, buffers and hooks (see :mod:`netvis.hooks`).
 
-:data:`METHODS` maps the command-line names to the functions.
+:mod:`netvis.saliency.methods` is the typed registry of the methods (:class:`Method`: options with defaults
+and checks, output kind, supported precisions, batch sizes and devices, the 2-D display reduction); the
+command line, the viewer, the report and the experiments are generated from it. :data:`METHODS` is its
+``name -> function`` view.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-
-import torch
 
 from netvis.hooks import GuidedReLUError, resolve_layer
 from netvis.saliency._common import TargetLike, resolve_target
@@ -28,24 +27,16 @@ from netvis.saliency.cam import default_layer, grad_cam, guided_grad_cam
 from netvis.saliency.gradient import gradient, integrated_gradients, quadrature, smoothgrad
 from netvis.saliency.guided import deconvnet, guided_backprop
 from netvis.saliency.incremental import IncrementalFallbackWarning, incremental_occlusion, ssim
+from netvis.saliency.methods import METHODS, Method, Option, OutputKind, register, registered, unregister
 from netvis.saliency.occlusion import occlusion, occlusion_grid_size
-
-METHODS: dict[str, Callable[..., torch.Tensor]] = {
-    "occlusion": occlusion,
-    "gradient": gradient,
-    "guided-backprop": guided_backprop,
-    "deconvnet": deconvnet,
-    "smoothgrad": smoothgrad,
-    "integrated-gradients": integrated_gradients,
-    "grad-cam": grad_cam,
-    "guided-grad-cam": guided_grad_cam,
-}
-"""Command-line method names -> functions, all with the signature ``(model, x, target=None, **options)``."""
 
 __all__ = [
     "METHODS",
     "GuidedReLUError",
     "IncrementalFallbackWarning",
+    "Method",
+    "Option",
+    "OutputKind",
     "TargetLike",
     "deconvnet",
     "default_layer",
@@ -58,8 +49,11 @@ __all__ = [
     "occlusion",
     "occlusion_grid_size",
     "quadrature",
+    "register",
+    "registered",
     "resolve_layer",
     "resolve_target",
     "smoothgrad",
     "ssim",
+    "unregister",
 ]

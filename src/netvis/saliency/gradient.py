@@ -12,6 +12,7 @@ from torch import nn
 from netvis._checks import check_positive_int
 from netvis.hooks import eval_session
 from netvis.saliency._common import (
+    Select,
     TargetLike,
     check_images,
     check_model,
@@ -51,6 +52,7 @@ def gradient(
     abs: bool = True,
     reduce: Reduce = None,
     precision: str = "fp32",
+    select: Select = None,
 ) -> torch.Tensor:
     r"""Gradient saliency: how much each pixel changes the class score, to first order.
 
@@ -73,6 +75,9 @@ def gradient(
         precision: ``"fp32"``, or ``"bf16"``: the forward pass under bfloat16 autocast (channels-last
             input on CUDA), faster on GPUs with bfloat16 units; the map stays in ``x``'s dtype and differs
             from the fp32 map by bfloat16's rounding (benchmarks/saliency.py reports by how much).
+        select: which part of the model's output holds the scores: ``None`` (a tensor, or the
+            ``logits``/``out`` entry of a dict, dataclass or Hugging Face output), a key or attribute
+            name, a tuple position or a callable (see :func:`netvis.saliency._common.select_output`).
 
     Returns:
         ``(N, C, H, W)``, or ``(N, H, W)`` when ``reduce`` is given, on ``x``'s device.
@@ -88,7 +93,7 @@ def gradient(
     _check_reduce(reduce)
     check_precision(precision)
     with eval_session(model, grad=True):
-        grad, _ = gradient_of_scores(model, x, target, precision=precision)
+        grad, _ = gradient_of_scores(model, x, target, precision=precision, select=select)
     return _reduce_channels(grad, abs, reduce)
 
 
@@ -119,6 +124,8 @@ def smoothgrad(
     reduce: Reduce = None,
     generator: torch.Generator | int | None = None,
     batch_size: int = 64,
+    precision: str = "fp32",
+    select: Select = None,
 ) -> torch.Tensor:
     r"""SmoothGrad: the gradient averaged over noisy copies of the image.
 
@@ -149,6 +156,11 @@ def smoothgrad(
         reduce: ``None``, ``"max"`` or ``"sum"`` over channels, applied to the average.
         generator: a ``torch.Generator``, an int seed, or ``None`` (fresh, non-reproducible seed).
         batch_size: the most noisy images per forward pass.
+        precision: ``"fp32"`` or ``"bf16"`` (the noisy forward passes under bfloat16 autocast), as in
+            :func:`gradient`.
+        select: which part of the model's output holds the scores: ``None`` (a tensor, or the
+            ``logits``/``out`` entry of a dict, dataclass or Hugging Face output), a key or attribute
+            name, a tuple position or a callable (see :func:`netvis.saliency._common.select_output`).
 
     Returns:
         ``(N, C, H, W)`` (or ``(N, H, W)`` with ``reduce``) on ``x``'s device.
@@ -167,6 +179,7 @@ def smoothgrad(
     check_positive_int(n_samples, "n_samples")
     if noise_level < 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    check_precision(precision)
     gen = _make_generator(generator)
     x = x.detach()
     n, c, h, w = x.shape
@@ -174,7 +187,7 @@ def smoothgrad(
     total = torch.zeros_like(x)
     noise: dict[int, torch.Tensor] = {}
     with eval_session(model, grad=True):
-        resolved, _ = clean_target(model, x, target, batch_size)
+        resolved, _ = clean_target(model, x, target, batch_size, select)
         for segments in row_chunks(n, n_samples, batch_size):
             pieces, rows = [], []
             for image, start, stop in segments:
@@ -186,7 +199,7 @@ def smoothgrad(
                 if stop == n_samples:
                     del noise[image]
             rows_t = torch.cat(rows)
-            grad, _ = gradient_of_scores(model, torch.cat(pieces), resolved, rows_t)
+            grad, _ = gradient_of_scores(model, torch.cat(pieces), resolved, rows_t, precision=precision)
             if squared:
                 grad = grad.square()
             elif abs:
@@ -259,6 +272,8 @@ def integrated_gradients(
     steps: int = 50,
     method: Quadrature = "riemann_trapezoid",
     batch_size: int = 64,
+    precision: str = "fp32",
+    select: Select = None,
 ) -> torch.Tensor:
     r"""Integrated gradients: the gradient integrated along the straight path from a baseline to the image.
 
@@ -281,6 +296,11 @@ def integrated_gradients(
         steps: the number of points on the path.
         method: the quadrature rule, see :func:`quadrature`.
         batch_size: the most path points per forward pass.
+        precision: ``"fp32"`` or ``"bf16"`` (the forward passes along the path under bfloat16 autocast), as
+            in :func:`gradient`.
+        select: which part of the model's output holds the scores: ``None`` (a tensor, or the
+            ``logits``/``out`` entry of a dict, dataclass or Hugging Face output), a key or attribute
+            name, a tuple position or a callable (see :func:`netvis.saliency._common.select_output`).
 
     Returns:
         Attributions ``(N, C, H, W)`` on ``x``'s device.
@@ -295,6 +315,7 @@ def integrated_gradients(
     """
     check_model(model)
     check_images(x)
+    check_precision(precision)
     alphas_np, weights_np = quadrature(method, steps)
     x = x.detach()
     base = _baseline(baseline, x)
@@ -303,7 +324,7 @@ def integrated_gradients(
     weights = torch.as_tensor(weights_np, dtype=x.dtype, device=x.device)
     total = torch.zeros_like(x)
     with eval_session(model, grad=True):
-        resolved, _ = clean_target(model, x, target, batch_size)
+        resolved, _ = clean_target(model, x, target, batch_size, select)
         for segments in row_chunks(x.shape[0], steps, batch_size):
             pieces, rows, step_weights = [], [], []
             for image, start, stop in segments:
@@ -312,6 +333,6 @@ def integrated_gradients(
                 rows.append(torch.full((stop - start,), image, device=x.device, dtype=torch.long))
                 step_weights.append(weights[start:stop])
             rows_t = torch.cat(rows)
-            grad, _ = gradient_of_scores(model, torch.cat(pieces), resolved, rows_t)
+            grad, _ = gradient_of_scores(model, torch.cat(pieces), resolved, rows_t, precision=precision)
             total.index_add_(0, rows_t, grad * torch.cat(step_weights).view(-1, 1, 1, 1))
     return delta * total

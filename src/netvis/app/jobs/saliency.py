@@ -25,10 +25,12 @@ from netvis.app.jobs._inputs import load_target
 from netvis.app.render.figures import method_grid, overlay, save_figure
 from netvis.data import Preprocess
 from netvis.devices import resolve_device
-from netvis.saliency import METHODS, default_layer
+from netvis.saliency import methods as registry
+from netvis.saliency._common import PRECISIONS
+from netvis.saliency.methods import Method
 from netvis.train.checkpoint import CheckpointError, load_checkpoint
 
-__all__ = ["Classifier", "load_classifier", "run_saliency"]
+__all__ = ["Classifier", "load_classifier", "method_options", "run_saliency"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,26 +115,20 @@ def _target_index(target: str | None, classes: Sequence[str]) -> int | None:
     raise ValueError(f"unknown class {target!r}; give an index 0..{len(classes) - 1} or one of: {', '.join(classes)}")
 
 
-PRECISION_METHODS = ("occlusion", "gradient", "guided-backprop", "deconvnet")
-"""The methods that take ``precision`` (the others always run in fp32)."""
+def method_options(method: Method, settings: dict[str, Any]) -> dict[str, Any]:
+    """The options ``method`` runs with: its figure options, then the settings that are its options.
 
-
-def _method_options(name: str, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
-    precision = options.get("precision") or "fp32"
-    if name in PRECISION_METHODS and precision != "fp32":
-        extra = {"precision": precision}
-    else:
-        extra = {}
-    if name == "occlusion":
-        return {k: options[k] for k in ("window", "stride", "batch_size") if options.get(k) is not None} | {
-            "output": "drop", "upsample": True} | extra
-    if name in ("gradient", "guided-backprop", "deconvnet"):
-        return extra
-    if name in ("grad-cam", "guided-grad-cam"):
-        return {"layer": options.get("layer") or default_layer(model)}
-    if name == "smoothgrad":
-        return {"generator": options.get("seed", 0)}
-    return {}
+    ``settings`` holds the command's option values by option name (``None``: not given), shared by all
+    methods; a ``precision`` the method cannot run in is left out (the method runs in fp32, and
+    ``saliency.json`` says so). A seeded method without a seed gets seed 0, so that a rerun gives the
+    same files.
+    """
+    chosen = method.select(settings)
+    if chosen.get("precision") not in method.precisions:
+        chosen.pop("precision", None)
+    if "generator" in method.option_names() and "generator" not in chosen:
+        chosen["generator"] = 0
+    return {**method.figure_options, **chosen}
 
 
 def run_saliency(
@@ -152,24 +148,25 @@ def run_saliency(
     Args:
         spec: the model (see :func:`load_classifier`).
         images: image files (PNG, JPG, ...) or ``sample:N`` (test image ``N`` of the shipped sample).
-        methods: names from :data:`netvis.saliency.METHODS`.
+        methods: names of the registry (:func:`netvis.saliency.methods.names`).
         out: output folder.
         target: class index or name; default each image's predicted class.
         weights: local weights for ``torchvision:`` models.
         progress: called with a short message before each image and method.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available).
-        **options: ``window``, ``stride``, ``batch_size`` (occlusion), ``layer`` (Grad-CAM), ``seed``,
-            ``precision`` (``"fp32"`` or ``"bf16"``, for the methods in :data:`PRECISION_METHODS`).
+        **options: method options by name (``window``, ``stride``, ``batch_size``, ``layer``, ``generator``,
+            ``precision``, ...; ``None``: the method's default), each passed to the methods that have it (see
+            :func:`method_options`); a ``precision`` applies to the methods that support it.
 
     Returns:
         The paths written.
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    if options.get("precision") not in (None, "fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {options['precision']!r}")
-
+    chosen = [registry.get(name) for name in methods]  # ValueError naming the registered methods
+    if options.get("precision") not in (None, *PRECISIONS):
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {options['precision']!r}")
+    runs = {method.name: method_options(method, options) for method in chosen}
+    for method in chosen:
+        method.check_options(runs[method.name])  # bad options fail before any model is loaded
     dev = resolve_device(device)
     clf = load_classifier(spec, weights)
     clf.model.to(dev)
@@ -187,14 +184,14 @@ def run_saliency(
         stem = Path(spec_image.replace(":", "_")).stem
         image = x[0].cpu()
         displays = {}
-        for name in methods:
+        for method in chosen:
+            name = method.name
             if progress is not None:
                 progress(f"{spec_image}: {name}")
-            fn = METHODS[name]
-            result = fn(clf.model, x, cls, **_method_options(name, clf.model, options))[0].detach().cpu()
+            result = method(clf.model, x, cls, **runs[name]).detach().cpu()
             raw = out / f"{stem}_{name}.npy"
-            np.save(raw, result.numpy())
-            display = displays[name] = result.abs().amax(dim=0) if result.dim() == 3 else result
+            np.save(raw, result[0].numpy())
+            display = displays[name] = method.display(result)[0]
             png = save_figure(overlay(image, display, mean=mean, std=std, title=f"{name}: {clf.classes[cls]}"),
                               out / f"{stem}_{name}.png")
             written += [raw, png]
@@ -203,7 +200,8 @@ def run_saliency(
         written.append(save_figure(grid, out / f"{stem}_grid.png"))
         summary.append({"image": spec_image, "target": cls, "class": clf.classes[cls],
                         "probability": float(scores[cls]), "methods": list(methods),
-                        "device": str(dev), "precision": options.get("precision") or "fp32"})
+                        "device": str(dev), "precision": options.get("precision") or "fp32",
+                        "precisions": {name: runs[name].get("precision", "fp32") for name in runs}})
     path = out / "saliency.json"
     path.write_text(json.dumps({"model": spec, "images": summary}, indent=2) + "\n")
     written.append(path)
