@@ -224,23 +224,25 @@ def test_results_are_cached_on_disk_under_the_checkpoint_hash(client, viewer, se
         again.close()
 
 
-@pytest.mark.parametrize(("request_body", "fragment"), [
-    ({"kind": "nope"}, "unknown job kind"),
-    ({"kind": "examples", "layer": "layer9"}, "unknown layer"),
-    ({"kind": "examples", "layer": "layer1", "k": 0}, "k must be"),
-    ({"kind": "filters", "layer": "layer1", "channel": 4}, "channel must be"),
-    ({"kind": "saliency", "image": "sample:64"}, "sample:0..sample:63"),
-    ({"kind": "saliency", "image": "upload:0123456789abcdef"}, "no such uploaded image"),
-    ({"kind": "saliency", "image": "../etc/passwd"}, "expected sample:N"),
-    ({"kind": "saliency", "image": "sample:1", "target": 10}, "target must be"),
-    ({"kind": "saliency", "image": "sample:1", "methods": ["lime"]}, "methods must be"),
-    ({"kind": "inversion", "image": "sample:1", "layer": "layer1", "steps": 0}, "steps must be"),
-    ([1, 2], "JSON object"),
+@pytest.mark.parametrize(("request_body", "field", "fragment"), [
+    ({"kind": "nope"}, "kind", "must be one of examples, filters, saliency, inversion"),
+    ({"kind": "examples", "layer": "layer9"}, "layer", "unknown layer 'layer9'"),
+    ({"kind": "examples", "layer": "layer1", "k": 0}, "k", "greater than or equal to 1"),
+    ({"kind": "filters", "layer": "layer1", "channel": 4}, "channel", "must be an integer in [0, 3]"),
+    ({"kind": "saliency", "image": "sample:64"}, "image", "sample:0..sample:63"),
+    ({"kind": "saliency", "image": "upload:0123456789abcdef"}, "image", "no such uploaded image"),
+    ({"kind": "saliency", "image": "../etc/passwd"}, "image", "must be sample:N or upload:<id>"),
+    ({"kind": "saliency", "image": "sample:1", "target": 10}, "target", "must be an integer in [0, 9]"),
+    ({"kind": "saliency", "image": "sample:1", "methods": ["lime"]}, "methods.0", "'occlusion'"),
+    ({"kind": "inversion", "image": "sample:1", "layer": "layer1", "steps": 0}, "steps", "greater than or equal"),
+    ([1, 2], "body", "JSON object"),
 ])
-def test_bad_job_requests_are_refused_with_a_message(client, request_body, fragment):
+def test_bad_job_requests_are_refused_with_a_message(client, request_body, field, fragment):
     response = client.post("/api/jobs", json=request_body)
-    assert response.status_code == 400
-    assert fragment in response.json()["error"]
+    assert response.status_code == 422
+    payload = response.json()
+    assert fragment in payload["error"] and payload["error"].startswith(f"{field}: ")
+    assert payload["errors"][0]["field"] == field
 
 
 def test_job_requests_must_be_json(client):

@@ -7,21 +7,32 @@ found again after a restart and never mixed up between checkpoints or settings. 
 ``<root>/uploads/<sha256 of the decoded image>.png``.
 
 :func:`resolve_inside` is the only way the viewer turns a URL path into a file: it refuses ``..``,
-absolute paths, backslashes, NUL bytes and anything (a symlink included) that resolves outside the folder.
+absolute paths, backslashes, NUL bytes and anything (a symlink included) that resolves outside the folder;
+:func:`read_regular` then opens it with ``O_NOFOLLOW`` and serves it only if ``fstat`` says it is a regular
+file. Uploads are never served through a symlink at all. Every file is written atomically
+(:func:`netvis.io.atomic_write_bytes`); temporary files that a killed process left behind are removed
+when the cache is opened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
+import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Cache", "FileRefused", "default_cache_dir", "file_sha256", "params_key", "resolve_inside"]
+from netvis.io import atomic_write_bytes
+
+__all__ = ["Cache", "FileRefused", "default_cache_dir", "file_sha256", "params_key", "read_regular",
+           "resolve_inside"]
+
+MAX_SERVED_BYTES = 64 * 1024 * 1024
 
 _HEX = re.compile(r"^[0-9a-f]{16}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -85,17 +96,44 @@ def resolve_inside(root: str | os.PathLike, relative: str) -> Path:
     return real
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def read_regular(path: str | os.PathLike, max_bytes: int = MAX_SERVED_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file reached without following a final symlink.
+
+    Opened with ``O_NOFOLLOW`` (a symlink fails with ``ELOOP``) and checked with ``fstat`` on the open
+    descriptor (no race between the check and the read).
+
+    Raises:
+        FileRefused: 404 for a missing file, a symlink, a folder, a device or FIFO, or a file over ``max_bytes``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        fd = os.open(path, flags)
+    except OSError:
+        raise FileRefused(404, "not found") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            raise FileRefused(404, "not found")
+        chunks, left = [], info.st_size
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    atomic_write_bytes(path, data)
+
+
+def _remove_stale_temporaries(folder: Path, older_than: float = 3600.0) -> None:
+    """Remove ``.<name>.*.tmp`` files that a killed writer left behind (older than ``older_than`` s)."""
+    now = time.time()
+    for tmp in folder.rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if tmp.is_file() and not tmp.is_symlink() and now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
 
 
 class Cache:
@@ -114,6 +152,8 @@ class Cache:
         self.results.mkdir(parents=True, exist_ok=True)
         self.uploads.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        _remove_stale_temporaries(self.results)
+        _remove_stale_temporaries(self.uploads)
 
     def folder(self, kind: str, key: str) -> Path:
         """The folder of one result (not created)."""
@@ -160,6 +200,32 @@ class Cache:
                 _atomic_write(path, png)
         return path
 
+    def has_upload(self, image_id: str) -> bool:
+        """Whether upload ``image_id`` is stored as a regular file (not a symlink)."""
+        try:
+            return stat.S_ISREG(os.lstat(self.upload_path(image_id)).st_mode)
+        except (OSError, ValueError):
+            return False
+
+    def read_upload(self, image_id: str) -> bytes:
+        """The stored PNG of upload ``image_id``: a regular file directly in the uploads folder, never reached
+        through a symlink.
+
+        Raises:
+            FileRefused: 404 when there is no such regular file.
+        """
+        try:
+            path = self.upload_path(image_id)
+        except ValueError:
+            raise FileRefused(404, "not found") from None
+        if Path(os.path.realpath(path.parent)) != self.uploads:
+            raise FileRefused(404, "not found")
+        return read_regular(path)
+
     def served_file(self, relative: str) -> Path:
         """A result file for ``/files/<relative>`` (see :func:`resolve_inside`)."""
         return resolve_inside(self.results, relative)
+
+    def read_served(self, relative: str) -> bytes:
+        """The bytes of ``/files/<relative>`` (see :func:`resolve_inside` and :func:`read_regular`)."""
+        return read_regular(resolve_inside(self.results, relative))

@@ -22,6 +22,7 @@ optimisation does not hold up the other pages.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -31,7 +32,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from functools import lru_cache
 from pathlib import Path
@@ -39,16 +40,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from netvis.app.render.figures import map_to_array, overlay_array
-from netvis.app.serve.cache import Cache, default_cache_dir, file_sha256, params_key
+from netvis.app.serve.cache import Cache, FileRefused, default_cache_dir, file_sha256, params_key
 from netvis.app.serve.jobs import Job, JobQueue
+from netvis.app.serve.schema import (
+    DEFAULT_FILTERS,
+    DEFAULT_K,
+    DEFAULT_STEPS,
+    MAX_K,
+    MAX_STEPS,
+    ExamplesRequest,
+    FiltersRequest,
+    InversionRequest,
+    SaliencyRequest,
+    validate_job,
+)
 from netvis.data import load
 from netvis.features import dataset_examples, filter_visualization, receptive_field
 from netvis.hooks import capture_activation, eval_session
 from netvis.inversion import invert, pixel_bounds
+from netvis.io import ImageReadError, read_image
 from netvis.saliency import METHODS, default_layer
 from netvis.train.checkpoint import Checkpoint, load_checkpoint
 
@@ -56,11 +70,6 @@ __all__ = ["UploadError", "Viewer", "ViewerError", "SALIENCY_METHODS"]
 
 Progress = Callable[..., None]
 
-MAX_K = 64
-MAX_STEPS = 1000
-DEFAULT_K = 16
-DEFAULT_FILTERS = 8
-DEFAULT_STEPS = 60
 DEFAULT_MAX_UPLOAD = 8 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
@@ -74,9 +83,11 @@ SALIENCY_METHODS: tuple[str, ...] = tuple(METHODS)
 class ViewerError(ValueError):
     """A request the viewer cannot serve (unknown layer, channel out of range, ...): HTTP ``status``."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: int = 400, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
         self.status = status
+        self.field = field
+        self.reason = message
 
 
 class UploadError(ViewerError):
@@ -129,6 +140,21 @@ class _Counted(nn.Module):
         return self.model(x)
 
 
+class _Scaled:
+    """A job's progress callback mapped onto ``offset + scale * fraction`` (``check()`` passed through)."""
+
+    def __init__(self, progress: Any, offset: float, scale: float) -> None:
+        self._progress, self._offset, self._scale = progress, offset, scale
+
+    def check(self) -> None:
+        check = getattr(self._progress, "check", None)
+        if check is not None:
+            check()
+
+    def __call__(self, fraction: float, message: str | None = None) -> None:
+        self._progress(self._offset + self._scale * fraction, message)
+
+
 class Viewer:
     """A checkpoint and a data set, ready to be browsed.
 
@@ -144,7 +170,12 @@ class Viewer:
         workers: Background worker threads.
         device: Where the model runs (``"cpu"``, ``"cuda"``, ``"auto"``).
         max_upload_bytes: Largest accepted upload.
-        max_upload_pixels: Largest accepted upload in pixels (width times height).
+        max_upload_pixels: Largest accepted upload in pixels (width times height), checked from the image
+            header before decoding.
+        decode_slots: Uploads decoded at the same time (a 4096 x 4096 RGBA PNG needs about 130 MB while it
+            is decoded); more wait for a slot.
+        max_queued: Jobs that may wait in all (beyond: HTTP 429).
+        max_queued_per_client: Jobs one client may have queued or running (beyond: HTTP 429).
     """
 
     def __init__(
@@ -159,6 +190,9 @@ class Viewer:
         device: str = "cpu",
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
         max_upload_pixels: int = DEFAULT_MAX_PIXELS,
+        decode_slots: int = 2,
+        max_queued: int = 256,
+        max_queued_per_client: int = 16,
     ) -> None:
         if isinstance(checkpoint, Checkpoint):
             ckpt = checkpoint
@@ -202,11 +236,16 @@ class Viewer:
         self.data_hash = hashlib.sha256(self.images.numpy().tobytes()).hexdigest()[:16]
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_upload_pixels = int(max_upload_pixels)
+        if decode_slots < 1:
+            raise ValueError(f"decode_slots must be at least 1, got {decode_slots}")
+        self.decode_slots = int(decode_slots)
+        self._decode = threading.BoundedSemaphore(self.decode_slots)
         probe = self.preprocess(self.images[:1])
         self.input_shape = tuple(int(s) for s in probe.shape[1:])
         self.layers = self._layer_table(probe)
         self._layer_index = {layer["name"]: layer for layer in self.layers}
-        self.jobs = JobQueue(workers=workers)
+        self.jobs = JobQueue(workers=workers, max_queued=max_queued, max_queued_per_client=max_queued_per_client)
+        self._info: dict[str, Any] | None = None
         self._data_png = lru_cache(maxsize=8192)(self._render_data_png)
 
     # ------------------------------------------------------------------------------------------------
@@ -247,15 +286,33 @@ class Viewer:
                 })
         return table
 
-    def close(self) -> None:
-        """Stop the background jobs (running ones stop at their next progress report)."""
-        self.jobs.shutdown(wait=False)
+    def close(self, timeout: float = 0.0) -> None:
+        """Stop the background jobs (running ones stop at their next progress report); wait for them at most
+        ``timeout`` seconds."""
+        self.jobs.shutdown(wait=timeout > 0, timeout=timeout)
+
+    @contextlib.contextmanager
+    def using_model(self, progress: Any = None) -> Iterator[None]:
+        """Hold :attr:`model_lock`; while waiting for it, a job's ``progress.check()`` may cancel the wait."""
+        check = getattr(progress, "check", None)
+        while not self.model_lock.acquire(timeout=0.05):
+            if check is not None:
+                check()
+        try:
+            yield
+        finally:
+            self.model_lock.release()
 
     # ------------------------------------------------------------------------------------------------
     # information
 
     def info(self) -> dict[str, Any]:
         """What the model page shows: the checkpoint, its classes and metrics, the data and the layers."""
+        if self._info is None:
+            self._info = self._make_info()
+        return self._info
+
+    def _make_info(self) -> dict[str, Any]:
         meta = self.checkpoint.meta
         final = meta.get("final_metrics") or {}
         metrics = {k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)}
@@ -311,49 +368,52 @@ class Viewer:
     # images: data samples and uploads
 
     def add_upload(self, data: bytes) -> dict[str, Any]:
-        """Decode, check and store an uploaded image; returns its id, reference and URL.
+        """Decode, check and store an uploaded PNG or JPEG image; returns its id, reference and URL.
 
-        The image is decoded with Pillow (after ``verify()``), converted to the data's channels and resized
-        to the data's image size, and stored as PNG under the SHA-256 of that PNG.
+        The header is checked first (the format, ``max_upload_pixels``), then the image is decoded (at most
+        ``decode_slots`` at a time) by :func:`netvis.io.read_image`, converted to the data's channels and
+        resized to the data's image size, and stored as PNG under the SHA-256 of that PNG.
 
         Raises:
-            UploadError: 413 when larger than the byte or pixel limit, 415 when Pillow cannot decode it.
+            UploadError: 413 when larger than the byte or pixel limit, 415 when not a sound PNG or JPEG.
         """
         if len(data) > self.max_upload_bytes:
             raise UploadError(f"upload too large: {len(data)} bytes (at most {self.max_upload_bytes})", 413)
         if not data:
-            raise UploadError("empty upload: send the bytes of a PNG, JPEG, GIF, BMP or WebP image", 415)
-        not_image = (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, EOFError)
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                fmt = image.format
-                width, height = image.size
-                if width * height > self.max_upload_pixels:
-                    raise UploadError(f"image too large: {width} x {height} pixels (at most "
-                                      f"{self.max_upload_pixels} pixels)", 413)
-                image.verify()
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
+            raise UploadError("empty upload: send the bytes of a PNG or JPEG image", 415)
+        channels, height, width = (int(s) for s in self.images.shape[1:])
+        with self._decode:
+            try:
+                image = read_image(data, max_pixels=self.max_upload_pixels,
+                                   draft=("L" if channels == 1 else "RGB", (width, height)))
+            except ImageReadError as exc:
+                if exc.status == 413:
+                    raise UploadError(str(exc), 413) from None
+                raise UploadError(f"not an image netvis can read: {exc}; upload a PNG or JPEG file", 415) from None
+            fmt, original = image.format, list(image.size)
+            with image:
                 picture = self._conform(image)
-        except Image.DecompressionBombError as exc:
-            raise UploadError(f"image too large: {exc}", 413) from None
-        except UploadError:
-            raise
-        except not_image as exc:
-            raise UploadError(
-                f"not an image netvis can read ({type(exc).__name__}: {exc}); upload a PNG, JPEG, GIF, BMP or "
-                "WebP file", 415,
-            ) from None
         png = png_bytes(picture)
         image_id = hashlib.sha256(png).hexdigest()[:16]
         self.cache.store_upload(image_id, png)
         return {"id": image_id, "ref": f"upload:{image_id}", "url": f"/api/images/{image_id}.png",
-                "format": fmt, "original_size": [width, height], "size": list(picture.shape[-2:])}
+                "format": fmt, "original_size": original, "size": list(picture.shape[-2:])}
 
     def _conform(self, image: Any) -> np.ndarray:
-        """A PIL image as ``uint8 (C, H, W)`` with the data's channels and size."""
+        """A PIL image as ``uint8 (C, H, W)`` with the data's channels and size.
+
+        A large image is first shrunk by an integer factor (:meth:`PIL.Image.Image.reduce`, a box filter
+        that keeps at least twice the final size; alpha is premultiplied), so the alpha compositing and the
+        colour conversion work on a small copy and a 4096 x 4096 upload costs little memory beyond its pixels.
+        """
         channels, height, width = (int(s) for s in self.images.shape[1:])
         image = ImageOps.exif_transpose(image)
+        factor = min(image.width // (2 * width), image.height // (2 * height))
+        if factor >= 2:
+            if image.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "F"):
+                image = image.convert("RGBA" if image.mode in ("PA", "P") and "transparency" in image.info
+                                      else "RGB")
+            image = image.reduce(factor)
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255)) if channels == 3 else \
@@ -365,37 +425,44 @@ class Viewer:
         array = np.asarray(image, dtype=np.uint8)
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
-    def upload_png(self, image_id: str) -> Path:
-        """The stored PNG of an upload."""
+    def upload_png(self, image_id: str) -> bytes:
+        """The stored PNG of an upload (a regular file in the uploads folder; never through a symlink)."""
         if not _UPLOAD_ID.match(image_id):
             raise ViewerError("no such image", 404)
-        path = self.cache.upload_path(image_id)
-        if not path.is_file():
-            raise ViewerError("no such image", 404)
-        return path
+        try:
+            return self.cache.read_upload(image_id)
+        except FileRefused:
+            raise ViewerError("no such image", 404) from None
 
-    def check_ref(self, ref: Any) -> str:
-        """Validate an image reference: ``sample:N`` (data image ``N``) or ``upload:<id>``."""
+    def check_ref(self, ref: Any, field: str = "image") -> str:
+        """Validate an image reference: ``sample:N`` (data image ``N``) or ``upload:<id>`` (a stored upload).
+
+        Raises:
+            ViewerError: 422 naming ``field``.
+        """
         if not isinstance(ref, str):
-            raise ViewerError("image must be a string: sample:N or upload:<id>")
+            raise ViewerError("must be a string: sample:N or upload:<id>", 422, field)
         kind, _, value = ref.partition(":")
         if kind == "sample":
-            if not value.isdigit() or not 0 <= int(value) < len(self.images):
-                raise ViewerError(f"{ref!r}: the data has images sample:0..sample:{len(self.images) - 1}")
+            if not (value.isascii() and value.isdigit()) or not 0 <= int(value) < len(self.images):
+                raise ViewerError(f"{ref!r}: the data has images sample:0..sample:{len(self.images) - 1}", 422, field)
             return f"sample:{int(value)}"
         if kind == "upload":
-            if not _UPLOAD_ID.match(value) or not self.cache.upload_path(value).is_file():
-                raise ViewerError(f"{ref!r}: no such uploaded image (upload it first)")
+            if not _UPLOAD_ID.match(value) or not self.cache.has_upload(value):
+                raise ViewerError(f"{ref!r}: no such uploaded image (upload it first)", 422, field)
             return ref
-        raise ViewerError(f"{ref!r}: expected sample:N or upload:<id>")
+        raise ViewerError(f"{ref!r}: expected sample:N or upload:<id>", 422, field)
 
     def image(self, ref: str) -> Tensor:
         """The ``uint8 (C, H, W)`` pixels of a (checked) reference."""
         kind, _, value = self.check_ref(ref).partition(":")
         if kind == "sample":
             return self.images[int(value)]
-
-        with Image.open(self.cache.upload_path(value)) as picture:
+        try:
+            data = self.cache.read_upload(value)
+        except FileRefused:
+            raise ViewerError(f"{ref!r}: no such uploaded image (upload it first)", 422, "image") from None
+        with read_image(data, max_pixels=self.max_upload_pixels) as picture:
             return torch.from_numpy(self._conform(picture).copy())
 
     def _inputs(self, images: Tensor) -> Tensor:
@@ -413,10 +480,15 @@ class Viewer:
     # ------------------------------------------------------------------------------------------------
     # jobs
 
-    def layer(self, name: Any) -> dict[str, Any]:
-        """The layer-table entry of ``name`` (a dotted module name)."""
+    def layer(self, name: Any, field: str = "layer") -> dict[str, Any]:
+        """The layer-table entry of ``name`` (a dotted module name).
+
+        Raises:
+            ViewerError: 422 naming ``field`` for an unknown layer.
+        """
         if not isinstance(name, str) or name not in self._layer_index:
-            raise ViewerError(f"unknown layer {name!r}; see /api/model for the layers")
+            shown = name if isinstance(name, str) and len(name) <= 80 else "this"
+            raise ViewerError(f"unknown layer {shown!r}; see /api/model for the layers", 422, field)
         return self._layer_index[name]
 
     @staticmethod
@@ -424,26 +496,31 @@ class Viewer:
         if value is None and default is not None:
             return default
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ViewerError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+            shown = value if isinstance(value, int) and abs(value) < 10**12 else "this"
+            raise ViewerError(f"must be an integer in [{low}, {high}], got {shown!r}", 422, what)
         return value
 
-    def submit(self, request: dict[str, Any]) -> Job:
-        """Validate a job request (a JSON object with ``kind``) and queue it (or find it done or cached).
+    def submit(self, request: Any, client: str = "local") -> Job:
+        """Validate a job request and queue it (or find it done or cached).
+
+        Args:
+            request: A validated request (:func:`netvis.app.serve.schema.parse_job`) or a dict to validate
+                against :mod:`netvis.app.serve.schema`.
+            client: Who asks (limits and fair scheduling are per client).
 
         Raises:
-            ViewerError: an unknown kind or a bad parameter (the message says which).
+            RequestInvalid: the request does not fit the schema (422, naming the field).
+            ViewerError: the request names something the viewer does not have (422, naming the field).
+            JobLimit: too many jobs queued for ``client`` or in all (429).
         """
-        if not isinstance(request, dict):
-            raise ViewerError("a job request is a JSON object with a 'kind'")
-        kind = request.get("kind")
+        request = validate_job(request)
         builders = {"examples": self._examples_job, "filters": self._filters_job,
                     "saliency": self._saliency_job, "inversion": self._inversion_job}
-        if kind not in builders:
-            raise ViewerError(f"unknown job kind {kind!r}; expected one of {', '.join(builders)}")
+        kind = request.kind
         params, fn = builders[kind](request)
         key = self._cache_key(kind, params)
         return self.jobs.submit(kind, key, lambda progress: fn(progress, key), params=params,
-                                cached=self.cache.load(kind, key))
+                                cached=self.cache.load(kind, key), client=client)
 
     def _cache_key(self, kind: str, params: dict[str, Any]) -> str:
         """The cache key of a job: its kind, the data and its parameters (the same for :meth:`submit` and
@@ -454,27 +531,30 @@ class Viewer:
         """A job's status, progress and (when done) result."""
         snapshot = self.jobs.get(job_id)
         if snapshot is None:
-            raise ViewerError(f"no job {job_id!r}", 404)
+            raise ViewerError("no such job", 404)
+        return snapshot
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job (see :meth:`netvis.app.serve.jobs.JobQueue.cancel`); returns its snapshot."""
+        snapshot = self.jobs.cancel(job_id)
+        if snapshot is None:
+            raise ViewerError("no such job", 404)
         return snapshot
 
     # examples -----------------------------------------------------------------------------------------
 
-    def _examples_params(self, request: dict[str, Any]) -> dict[str, Any]:
-        layer = self.layer(request.get("layer"))["name"]
-        k = self._int(request.get("k"), "k", 1, MAX_K, DEFAULT_K)
-        reduce = request.get("reduce", "mean")
-        if reduce not in ("mean", "max"):
-            raise ViewerError(f"reduce must be 'mean' or 'max', got {reduce!r}")
-        return {"layer": layer, "k": k, "reduce": reduce}
+    def _examples_params(self, layer: str, k: int, reduce: str) -> dict[str, Any]:
+        return {"layer": self.layer(layer)["name"], "k": self._int(k, "k", 1, MAX_K), "reduce": reduce}
 
-    def _examples_job(self, request: dict[str, Any]):
-        params = self._examples_params(request)
+    def _examples_job(self, request: ExamplesRequest):
+        params = self._examples_params(request.layer, request.k, request.reduce)
         return params, lambda progress, key: self._examples(params, progress, key)
 
     def examples(self, layer: str, k: int = DEFAULT_K, reduce: str = "mean",
                  progress: Progress | None = None) -> dict[str, Any]:
         """The examples result of a layer, from the cache or computed now (in the calling thread)."""
-        params = self._examples_params({"layer": layer, "k": k, "reduce": reduce})
+        request = validate_job({"kind": "examples", "layer": layer, "k": k, "reduce": reduce})
+        params = self._examples_params(request.layer, request.k, request.reduce)
         key = self._cache_key("examples", params)
         cached = self.cache.load("examples", key)
         if cached is not None:
@@ -492,7 +572,7 @@ class Viewer:
             return self.preprocess(batch).to(self.device)
 
         progress(0.0, f"0 of {total} images")
-        with self.model_lock:
+        with self.using_model(progress):
             result = dataset_examples(self.model, layer, self.images, k=params["k"], reduce=params["reduce"],
                                       batch_size=128, transform=transform,
                                       meta={"data": self.data_name, "checkpoint": self.checkpoint_hash[:16]})
@@ -519,23 +599,23 @@ class Viewer:
 
     # filters --------------------------------------------------------------------------------------------
 
-    def _filters_job(self, request: dict[str, Any]):
-        examples = self._examples_params(request)
+    def _filters_job(self, request: FiltersRequest):
+        examples = self._examples_params(request.layer, request.k, request.reduce)
         entry = self.layer(examples["layer"])
-        channel = self._int(request.get("channel"), "channel", 0, entry["channels"] - 1)
-        n = self._int(request.get("n"), "n", 1, examples["k"], min(DEFAULT_FILTERS, examples["k"]))
+        channel = self._int(request.channel, "channel", 0, entry["channels"] - 1)
+        n = self._int(request.n, "n", 1, examples["k"], min(DEFAULT_FILTERS, examples["k"]))
         params = {**examples, "channel": channel, "n": n}
         return params, lambda progress, key: self._filters(params, progress, key)
 
     def _filters(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
         progress(0.05, "dataset examples")
         examples = self.examples(params["layer"], params["k"], params["reduce"],
-                                 progress=lambda f, m=None: progress(0.05 + 0.5 * f, m))
+                                 progress=_Scaled(progress, 0.05, 0.5))
         unit = examples["units"][params["channel"]]
         indices = unit["indices"][: params["n"]]
         progress(0.6, "guided backprop")
         x = self._inputs(self.images[indices])
-        with self.model_lock:
+        with self.using_model(progress):
             vis = filter_visualization(self.model, x, params["layer"], params["channel"], guided=True)
         items = []
         for i, index in enumerate(indices):
@@ -550,17 +630,13 @@ class Viewer:
 
     # saliency -------------------------------------------------------------------------------------------
 
-    def _saliency_job(self, request: dict[str, Any]):
-        ref = self.check_ref(request.get("image"))
-        target = request.get("target")
+    def _saliency_job(self, request: SaliencyRequest):
+        ref = self.check_ref(request.image)
+        target = request.target
         if target is not None:
             target = self._int(target, "target", 0, len(self.checkpoint.classes) - 1)
-        methods = request.get("methods")
-        if methods is None:
-            methods = list(SALIENCY_METHODS)
-        if not isinstance(methods, list) or not methods or any(m not in SALIENCY_METHODS for m in methods):
-            raise ViewerError(f"methods must be a non-empty list from {', '.join(SALIENCY_METHODS)}")
-        methods = [m for m in SALIENCY_METHODS if m in methods]
+        chosen = list(SALIENCY_METHODS) if request.methods is None else request.methods
+        methods = [m for m in SALIENCY_METHODS if m in chosen]
         params: dict[str, Any] = {"image": ref, "target": target, "methods": methods}
         if ref.startswith("sample:"):
             params["label"] = int(self.targets[int(ref.split(":")[1])])
@@ -580,7 +656,7 @@ class Viewer:
 
     def _saliency(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
         x = self._inputs(self.image(params["image"])[None])
-        with self.model_lock, eval_session(self.model, grad=False):
+        with self.using_model(progress), eval_session(self.model, grad=False):
             scores = self.model(x).float()
         probabilities = scores.softmax(dim=1)[0].cpu()
         predicted = int(probabilities.argmax())
@@ -592,7 +668,7 @@ class Viewer:
             progress(i / len(methods), method)
             start = time.perf_counter()
             try:
-                with self.model_lock:
+                with self.using_model(progress):
                     saliency = METHODS[method](self.model, x, target, **self.saliency_options(method))
             except Exception as exc:  # reported on the page; the other methods still show
                 maps.append({"method": method, "error": f"{type(exc).__name__}: {exc}",
@@ -622,23 +698,16 @@ class Viewer:
 
     # inversion ------------------------------------------------------------------------------------------
 
-    def _inversion_job(self, request: dict[str, Any]):
-        ref = self.check_ref(request.get("image"))
-        layer = self.layer(request.get("layer"))["name"]
-        steps = self._int(request.get("steps"), "steps", 1, MAX_STEPS, DEFAULT_STEPS)
-        tv_weight = request.get("tv_weight", 0.05)
-        if isinstance(tv_weight, bool) or not isinstance(tv_weight, (int, float)) or not 0 <= tv_weight <= 100:
-            raise ViewerError(f"tv_weight must be a number in [0, 100], got {tv_weight!r}")
-        optimizer = request.get("optimizer", "lbfgs")
-        if optimizer not in ("lbfgs", "adam", "sgd"):
-            raise ViewerError(f"optimizer must be lbfgs, adam or sgd, got {optimizer!r}")
-        params = {"image": ref, "layer": layer, "steps": steps, "tv_weight": float(tv_weight),
-                  "optimizer": optimizer, "seed": 0}
+    def _inversion_job(self, request: InversionRequest):
+        ref = self.check_ref(request.image)
+        layer = self.layer(request.layer)["name"]
+        params = {"image": ref, "layer": layer, "steps": request.steps, "tv_weight": float(request.tv_weight),
+                  "optimizer": request.optimizer, "seed": 0}
         return params, lambda progress, key: self._inversion(params, progress, key)
 
     def _inversion(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
         x = self._inputs(self.image(params["image"])[None])
-        with self.model_lock:
+        with self.using_model(progress):
             model = copy.deepcopy(self.model)  # a private copy: a long optimisation holds no lock
         steps = params["steps"]
         expected = steps * (1.6 if params["optimizer"] == "lbfgs" else 1.0) + 2

@@ -23,16 +23,27 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 function show(...nodes) {
   const root = app();
   root.replaceChildren(...nodes.flat(Infinity));
   return root;
 }
 
-async function api(path, options) {
-  const response = await fetch(path, options);
+// One id per tab: the server's job limits and fair scheduling count per client.
+const CLIENT_ID = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
+
+async function api(path, options = {}, retries = 5) {
+  const headers = Object.assign({ "X-Netvis-Client": CLIENT_ID }, options.headers || {});
+  const response = await fetch(path, Object.assign({}, options, { headers }));
   let payload = null;
   try { payload = await response.json(); } catch (e) { payload = null; }
+  if (response.status === 429 && retries > 0) {  // busy: wait as the server says, then ask again
+    const seconds = Math.min(30, Math.max(1, Number(response.headers.get("Retry-After")) || 1));
+    await sleep(seconds * 1000);
+    return api(path, options, retries - 1);
+  }
   if (!response.ok) {
     const message = payload && payload.error ? payload.error : `${response.status} ${response.statusText}`;
     throw new Error(message);
@@ -43,8 +54,6 @@ async function api(path, options) {
 function postJob(request) {
   return api("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request) });
 }
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 class Stale extends Error {}
 
@@ -219,7 +228,7 @@ async function imagePicker(selected, onPick, token) {
     el("button", { class: `tile${item.ref === selected ? " selected" : ""}`, type: "button", "data-ref": item.ref, title: "uploaded image",
       onclick: () => onPick(item.ref) }, el("img", { src: item.url, alt: "upload" })));
   const status = el("span", { class: "muted" });
-  const input = el("input", { type: "file", accept: "image/*", id: "upload-input" });
+  const input = el("input", { type: "file", accept: "image/png,image/jpeg", id: "upload-input" });
   input.addEventListener("change", async () => {
     const file = input.files && input.files[0];
     if (!file) return;
