@@ -13,6 +13,7 @@ from models_testing import forward_call_counts, n_params
 from torch import nn
 
 from netvis.models import densenet as dn
+from netvis.models import registry
 from netvis.models.densenet import (
     DenseBlock,
     DenseLayer,
@@ -128,7 +129,6 @@ def test_torchvision_parameter_count_state_dict_and_outputs(name):
 
 
 def test_norm_layer_netvis_matches_torch():
-    pytest.importorskip("netvis.models.batchnorm")
     torch.manual_seed(0)
     reference = small_net(norm_layer="torch")
     randomize_bn(reference)
@@ -419,7 +419,6 @@ def test_attributes_and_config_rebuild():
 
 
 def test_registry_creates_densenets():
-    registry = pytest.importorskip("netvis.models.registry")
     model = registry.create("densenet_bc_100", in_channels=1)
     assert isinstance(model, DenseNet) and model.in_channels == 1
     assert registry.create("densenet121", num_classes=3, stem="cifar").config["stem"] == "cifar"

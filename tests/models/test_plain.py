@@ -163,7 +163,6 @@ def test_invalid_options():
 
 
 def test_netvis_batchnorm_gives_equal_outputs():
-    pytest.importorskip("netvis.models.batchnorm")
     ref = P.plain20_cifar()
     randomize_norms(ref)
     model = P.plain20_cifar(norm_layer="netvis")

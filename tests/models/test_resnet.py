@@ -9,6 +9,7 @@ import torchvision
 from models_testing import forward_call_counts, n_params, randomize_norms
 from torch import nn
 
+from netvis.models import batchnorm as bn_module
 from netvis.models import resnet as R
 
 X64 = (1, 3, 64, 64)
@@ -125,7 +126,6 @@ def test_state_dict_loads_into_freshly_initialised_model():
 
 
 def test_netvis_batchnorm_gives_equal_outputs():
-    bn_module = pytest.importorskip("netvis.models.batchnorm")
     ref = torchvision_reference("resnet18")
     model = R.resnet18(norm_layer="netvis")
     assert any(isinstance(m, bn_module.BatchNorm2d) for m in model.modules())

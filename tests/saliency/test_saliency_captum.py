@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import captum.attr as captum_attr
 import pytest
 import torch
 from saliency_testing import TinyNet, small_cnn
 
 from netvis import saliency
-
-captum_attr = pytest.importorskip("captum.attr")
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 

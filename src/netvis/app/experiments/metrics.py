@@ -174,7 +174,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 
     Example:
         >>> import torch
-        >>> float(spearman(torch.tensor([[1., 2., 3., 4.]]), torch.tensor([[10., 20., 40., 30.]]))[0])
+        >>> round(float(spearman(torch.tensor([[1., 2., 3., 4.]]), torch.tensor([[10., 20., 40., 30.]]))[0]), 6)
         0.8
     """
     if a.shape != b.shape:
