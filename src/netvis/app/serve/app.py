@@ -487,7 +487,7 @@ class _Server(uvicorn.Server):
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (not yet listening).
+    """A socket bound to ``host:port`` and listening (connections wait until the server accepts them).
 
     Raises:
         ValueError: the port is in use or the address cannot be bound (a one-line message).
@@ -507,6 +507,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
             raise ValueError(f"port {port} on {host} is in use: stop the other server or pick another --port"
                              ) from None
         raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)  # connections made before the server runs wait in the backlog
     sock.set_inheritable(True)
     return sock
 
