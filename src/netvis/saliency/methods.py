@@ -375,20 +375,16 @@ class Method:
 
 
 def _target_rows(target: TargetLike, start: int, stop: int, n: int) -> TargetLike:
-    """The part of ``target`` for images ``start:stop`` of ``n``."""
+    """The part of ``target`` for images ``start:stop`` of ``n``: one class or a callable for all, else a slice."""
     if target is None or isinstance(target, numbers.Integral) or callable(target):
         return target
-    if isinstance(target, torch.Tensor):
-        if target.dim() == 0:
-            return target
-        if target.shape[0] != n:
-            raise ValueError(f"target has {target.shape[0]} entries for {n} images")
-        return target[start:stop]
-    if isinstance(target, Sequence):
-        if len(target) != n:
-            raise ValueError(f"target has {len(target)} entries for {n} images")
-        return list(target)[start:stop]
-    return target
+    if getattr(target, "ndim", 1) == 0:  # a 0-d tensor or array: one class
+        return target
+    if not isinstance(target, Sequence) and not hasattr(target, "__getitem__"):
+        return target  # not a per-image target; the function explains what is wrong with it
+    if len(target) != n:
+        raise ValueError(f"target has {len(target)} entries for {n} images")
+    return target[start:stop] if hasattr(target, "shape") else list(target)[start:stop]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -547,6 +543,7 @@ class OcclusionOptions(TypedDict, total=False):
     engine: Literal["auto", "batched", "incremental"]
     batch_size: int
     precision: Precision
+    select: str | int | Callable[[Any], torch.Tensor] | None
 
 
 class GradientOptions(TypedDict, total=False):
@@ -554,11 +551,13 @@ class GradientOptions(TypedDict, total=False):
     reduce: Literal["max", "sum"] | None
     batch_size: int | None
     precision: Precision
+    select: str | int | Callable[[Any], torch.Tensor] | None
 
 
 class GuidedOptions(TypedDict, total=False):
     batch_size: int | None
     precision: Precision
+    select: str | int | Callable[[Any], torch.Tensor] | None
 
 
 class SmoothGradOptions(TypedDict, total=False):
@@ -570,6 +569,7 @@ class SmoothGradOptions(TypedDict, total=False):
     generator: int | torch.Generator | None
     batch_size: int
     precision: Precision
+    select: str | int | Callable[[Any], torch.Tensor] | None
 
 
 class IntegratedGradientsOptions(TypedDict, total=False):
@@ -578,6 +578,7 @@ class IntegratedGradientsOptions(TypedDict, total=False):
     method: Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
     batch_size: int
     precision: Precision
+    select: str | int | Callable[[Any], torch.Tensor] | None
 
 
 class GradCamOptions(TypedDict, total=False):
@@ -587,6 +588,8 @@ class GradCamOptions(TypedDict, total=False):
     interpolation: Literal["bilinear", "nearest", "bicubic", "area"]
     batch_size: int | None
     precision: Literal["fp32"]
+    select: str | int | Callable[[Any], torch.Tensor] | None
+    reshape: str | Callable[[torch.Tensor], torch.Tensor]
 
 
 class GuidedGradCamOptions(TypedDict, total=False):
@@ -594,12 +597,19 @@ class GuidedGradCamOptions(TypedDict, total=False):
     interpolation: Literal["bilinear", "nearest", "bicubic", "area"]
     batch_size: int | None
     precision: Literal["fp32"]
+    select: str | int | Callable[[Any], torch.Tensor] | None
+    reshape: str | Callable[[torch.Tensor], torch.Tensor]
 
 
 _REDUCE = Option("reduce", str, None, "reduce the channels: max or sum (default: keep them)",
                  choices=("max", "sum"), nullable=True)
 _LAYER = Option("layer", str, None, "the layer (dotted name; default the last convolutional stage)", nullable=True,
                 extra=(nn.Module,))
+_SELECT = Option("select", str, None, "which part of the model's output holds the scores: a key or attribute name, "
+                 "a position or a callable (default: a tensor, or its logits/out entry)", nullable=True,
+                 extra=(numbers.Integral, Callable), cli=False)
+_RESHAPE = Option("reshape", str, "auto", "the layer output's layout: auto, nchw, nhwc, tokens or a callable",
+                  choices=("auto", "nchw", "nhwc", "tokens"), extra=(Callable,), cli=False)
 _INTERPOLATION = Option("interpolation", str, "bilinear", "how the Grad-CAM map is upsampled",
                         choices=("bilinear", "nearest", "bicubic", "area"))
 
@@ -623,6 +633,7 @@ register(Method(
         Option("progress", bool, False, "a progress bar over the forward passes", cli=False),
         Option("engine", str, "auto", "batched re-inference, the incremental engine, or auto",
                choices=("auto", "batched", "incremental")),
+        _SELECT,
     ),
     precisions=("fp32", "bf16"), batch_size="native", batch_size_default=256,
     figure_options={"output": "drop", "upsample": True},
@@ -631,18 +642,18 @@ register(Method(
     name="gradient", function=gradient, title="gradient", typed=GradientOptions, lecture=True,
     paper="Simonyan, Vedaldi & Zisserman, Deep Inside Convolutional Networks, ICLR workshop 2014",
     output=_reduced_or_channels,
-    options=(Option("abs", bool, True, "take the absolute value of the gradient"), _REDUCE),
+    options=(Option("abs", bool, True, "take the absolute value of the gradient"), _REDUCE, _SELECT),
     precisions=("fp32", "bf16"),
 ))
 register(Method(
     name="guided-backprop", function=guided_backprop, title="guided backprop", typed=GuidedOptions, lecture=True,
     paper="Springenberg et al., Striving for Simplicity: The All Convolutional Net, ICLR workshop 2015",
-    output="per-channel", precisions=("fp32", "bf16"),
+    output="per-channel", options=(_SELECT,), precisions=("fp32", "bf16"),
 ))
 register(Method(
     name="deconvnet", function=deconvnet, title="deconvnet", typed=GuidedOptions,
     paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
-    output="per-channel", precisions=("fp32", "bf16"),
+    output="per-channel", options=(_SELECT,), precisions=("fp32", "bf16"),
 ))
 register(Method(
     name="smoothgrad", function=smoothgrad, title="SmoothGrad", typed=SmoothGradOptions,
@@ -656,6 +667,7 @@ register(Method(
         _REDUCE,
         Option("generator", int, None, "seed of the noise (default: a fresh one)", nullable=True,
                extra=(torch.Generator,), flag="seed"),
+        _SELECT,
     ),
     precisions=("fp32", "bf16"), batch_size="native", batch_size_default=64,
 ))
@@ -669,6 +681,7 @@ register(Method(
         Option("steps", int, 50, "points on the path", minimum=1),
         Option("method", str, "riemann_trapezoid", "the quadrature rule", flag="quadrature",
                choices=("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")),
+        _SELECT,
     ),
     precisions=("fp32", "bf16"), batch_size="native", batch_size_default=64,
 ))
@@ -681,10 +694,12 @@ register(Method(
         Option("relu", bool, True, "keep only the positive evidence (the paper's ReLU)"),
         Option("upsample", bool, True, "upsample the map to the image", cli=False),
         _INTERPOLATION,
+        _RESHAPE,
+        _SELECT,
     ),
 ))
 register(Method(
     name="guided-grad-cam", function=guided_grad_cam, title="guided Grad-CAM", typed=GuidedGradCamOptions,
     paper="Selvaraju et al., Grad-CAM: Visual Explanations from Deep Networks, ICCV 2017",
-    output="per-channel", options=(_LAYER, _INTERPOLATION),
+    output="per-channel", options=(_LAYER, _INTERPOLATION, _RESHAPE, _SELECT),
 ))

@@ -11,10 +11,9 @@ from netvis.app.serve.app import HostGuard, allowed_host_headers, bind_socket, c
 from netvis.app.serve.cache import Cache, FileRefused, read_regular, resolve_inside
 from netvis.app.serve.jobs import Job, JobCancelled, JobLimit, JobQueue
 from netvis.app.serve.schema import RequestInvalid, parse_job, validate_job
-from netvis.app.serve.viewer import SALIENCY_METHODS, UploadError, Viewer, ViewerError
+from netvis.app.serve.viewer import UploadError, Viewer, ViewerError, saliency_methods
 
 __all__ = [
-    "SALIENCY_METHODS",
     "Cache",
     "FileRefused",
     "HostGuard",
@@ -33,5 +32,6 @@ __all__ = [
     "read_regular",
     "resolve_inside",
     "run_server",
+    "saliency_methods",
     "validate_job",
 ]

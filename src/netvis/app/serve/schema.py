@@ -13,7 +13,7 @@ kind           fields (default)
 ``examples``   ``layer``; ``k`` 1..64 (16); ``reduce`` ``"mean"``/``"max"`` (``"mean"``)
 ``filters``    ``layer``; ``channel`` >= 0; ``k`` (16); ``n`` 1..64 (8, at most ``k``); ``reduce``
 ``saliency``   ``image`` ``sample:N``/``upload:<16 hex>``; ``target`` class index or null; ``methods``
-               a non-empty list of :data:`netvis.saliency.METHODS` names (all)
+               a non-empty list of the registry's method names (all)
 ``inversion``  ``image``; ``layer``; ``steps`` 1..1000 (60); ``tv_weight`` 0..100 (0.05);
                ``optimizer`` ``"lbfgs"``/``"adam"``/``"sgd"`` (``"lbfgs"``)
 =============  =========================================================================================
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
-from netvis.saliency import METHODS
+from netvis.saliency import methods as saliency_methods
 
 __all__ = [
     "ExamplesRequest",
@@ -52,7 +52,18 @@ DEFAULT_STEPS = 60
 
 LayerName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 ImageRef = Annotated[str, StringConstraints(pattern=r"^(sample:[0-9]{1,9}|upload:[0-9a-f]{16})$")]
-MethodName = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+MAX_METHODS = 64
+
+
+def _registered_method(name: str) -> str:
+    if name not in saliency_methods.names():
+        known = ", ".join(repr(known) for known in saliency_methods.names())
+        raise ValueError(f"unknown saliency method {name!r}; choose from {known}")
+    return name
+
+
+# Checked against the registry when a request arrives, so that a method registered later is accepted.
+MethodName = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_registered_method)]
 
 
 class _Request(BaseModel):
@@ -85,7 +96,7 @@ class SaliencyRequest(_Request):
     kind: Literal["saliency"]
     image: ImageRef
     target: int | None = Field(None, ge=0, le=1 << 20)
-    methods: list[MethodName] | None = Field(None, min_length=1, max_length=len(METHODS))
+    methods: list[MethodName] | None = Field(None, min_length=1, max_length=MAX_METHODS)
 
 
 class InversionRequest(_Request):

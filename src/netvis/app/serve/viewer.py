@@ -11,7 +11,7 @@ kind                    computes
                         example's receptive-field box (:func:`netvis.features.receptive_field`)
 ``filters``             :func:`netvis.features.filter_visualization` (guided backprop of one channel) on the
                         channel's top examples
-``saliency``            every method of :data:`netvis.saliency.METHODS` for one image and one class
+``saliency``            every method of the registry (:mod:`netvis.saliency.methods`) for one image and one class
 ``inversion``           :func:`netvis.inversion.invert` of one image at one layer, with progress per evaluation
 ======================  ========================================================================================
 
@@ -63,10 +63,11 @@ from netvis.features import dataset_examples, filter_visualization, receptive_fi
 from netvis.hooks import capture_activation, eval_session
 from netvis.inversion import invert, pixel_bounds
 from netvis.io import ImageReadError, read_image
-from netvis.saliency import METHODS, default_layer
+from netvis.saliency import default_layer
+from netvis.saliency import methods as registry
 from netvis.train.checkpoint import Checkpoint, load_checkpoint
 
-__all__ = ["UploadError", "Viewer", "ViewerError", "SALIENCY_METHODS"]
+__all__ = ["UploadError", "Viewer", "ViewerError", "saliency_methods"]
 
 Progress = Callable[..., None]
 
@@ -76,8 +77,10 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
-SALIENCY_METHODS: tuple[str, ...] = tuple(METHODS)
-"""The saliency methods the viewer shows, in page order: all of :data:`netvis.saliency.METHODS`."""
+def saliency_methods() -> list[str]:
+    """The saliency methods the viewer shows, in page order: every method of the registry
+    (:mod:`netvis.saliency.methods`), read when asked, so that a method registered later shows too."""
+    return registry.names()
 
 
 class ViewerError(ValueError):
@@ -334,7 +337,7 @@ class Viewer:
                      "image_shape": list(self.images.shape[1:])},
             "input_shape": list(self.input_shape),
             "layers": self.layers,
-            "methods": list(SALIENCY_METHODS),
+            "methods": saliency_methods(),
             "cam_layer": cam_layer,
             "limits": {"k": MAX_K, "steps": MAX_STEPS, "upload_bytes": self.max_upload_bytes,
                        "upload_pixels": self.max_upload_pixels},
@@ -635,24 +638,22 @@ class Viewer:
         target = request.target
         if target is not None:
             target = self._int(target, "target", 0, len(self.checkpoint.classes) - 1)
-        chosen = list(SALIENCY_METHODS) if request.methods is None else request.methods
-        methods = [m for m in SALIENCY_METHODS if m in chosen]
+        known = saliency_methods()
+        chosen = known if request.methods is None else request.methods
+        methods = [m for m in known if m in chosen]
         params: dict[str, Any] = {"image": ref, "target": target, "methods": methods}
         if ref.startswith("sample:"):
             params["label"] = int(self.targets[int(ref.split(":")[1])])
         return params, lambda progress, key: self._saliency(params, progress, key)
 
     def saliency_options(self, method: str) -> dict[str, Any]:
-        """The options the viewer passes to a saliency method for this model's input size."""
+        """The options the viewer passes to a saliency method: the registry's figure options, a window
+        and stride for this model's input size, and seed 0 (each narrowed to the method's own options)."""
         height, width = self.input_shape[1:]
-        if method == "occlusion":
-            window = max(2, min(height, width) // 5)
-            return {"window": window, "stride": max(1, window // 3), "output": "drop", "upsample": True}
-        if method in ("grad-cam", "guided-grad-cam"):
-            return {"layer": default_layer(self.model)}
-        if method == "smoothgrad":
-            return {"generator": 0}
-        return {}
+        window = max(2, min(height, width) // 5)
+        settings = {"window": window, "stride": max(1, window // 3), "generator": 0}
+        chosen = registry.get(method)
+        return {**chosen.figure_options, **chosen.select(settings)}
 
     def _saliency(self, params: dict[str, Any], progress: Progress, key: str) -> dict[str, Any]:
         x = self._inputs(self.image(params["image"])[None])
@@ -669,7 +670,7 @@ class Viewer:
             start = time.perf_counter()
             try:
                 with self.using_model(progress):
-                    saliency = METHODS[method](self.model, x, target, **self.saliency_options(method))
+                    saliency = registry.get(method)(self.model, x, target, **self.saliency_options(method))
             except Exception as exc:  # reported on the page; the other methods still show
                 maps.append({"method": method, "error": f"{type(exc).__name__}: {exc}",
                              "seconds": round(time.perf_counter() - start, 4)})
