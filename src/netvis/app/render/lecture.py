@@ -26,7 +26,7 @@ from netvis.features import dataset_examples, filter_visualization, receptive_fi
 from netvis.inversion import invert
 from netvis.models import create
 from netvis.models.batchnorm import BatchNorm2d
-from netvis.saliency import default_layer, grad_cam, gradient, guided_backprop, occlusion
+from netvis.saliency import methods as saliency_methods
 from netvis.train.evaluate import evaluate
 
 EXPLAIN = {
@@ -207,21 +207,21 @@ def sample_images(test_data, n: int, seed: int = 0) -> tuple[torch.Tensor, torch
 
 
 def section_saliency(report: Report, ckpt, test_data, *, n_images: int = 4, window: int = 6, stride: int = 2):
-    """Occlusion, gradient, guided backprop and Grad-CAM side by side on sample images."""
+    """The lecture's saliency methods (those the registry marks ``lecture``) side by side on sample images."""
     model = ckpt.model
     sec = report.section("Saliency: where the model looks", EXPLAIN["saliency"])
     x, labels = sample_images(test_data, n_images)
     with torch.no_grad():
         scores = model(x)
     pred = scores.argmax(dim=1)
-    layer = default_layer(model)
-    maps = {
-        f"occlusion (k={window})": occlusion(model, x, pred, window=window, stride=stride, output="drop",
-                                             upsample=True),
-        "gradient": gradient(model, x, pred, reduce="max"),
-        "guided backprop": guided_backprop(model, x, pred).abs().amax(dim=1),
-        "Grad-CAM": grad_cam(model, x, pred, layer=layer),
-    }
+    settings = {"window": window, "stride": stride, "generator": 0}
+    maps = {}
+    for method in saliency_methods.methods():
+        if not method.lecture:
+            continue
+        options = {**method.figure_options, **method.select(settings)}
+        label = method.title + (f" (k={options['window']})" if "window" in options else "")
+        maps[label] = method.display(method(model, x, pred, **options))
     mean = getattr(test_data, "mean", None)
     std = getattr(test_data, "std", None)
     fig = method_grid(x, maps, scores=scores.softmax(dim=1), class_names=list(ckpt.classes), target=pred.tolist(),
