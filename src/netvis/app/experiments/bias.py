@@ -41,9 +41,10 @@ from netvis.app.experiments.metrics import (
 from netvis.app.render.figures import method_grid
 from netvis.data import TensorImageDataset
 from netvis.hooks import eval_session
+from netvis.saliency import methods as saliency_methods
 
-ALL_METHODS = ("occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
-               "grad-cam", "guided-grad-cam")
+ALL_METHODS = tuple(saliency_methods.names())
+"""Every method of the saliency registry (:mod:`netvis.saliency.methods`), in its order."""
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "fast": {

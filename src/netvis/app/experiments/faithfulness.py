@@ -33,9 +33,10 @@ from netvis.app.experiments._common import (
     predict,
 )
 from netvis.app.experiments.metrics import RANDOM, curve_area, method_options, perturbation_curves, saliency_maps
+from netvis.saliency import methods as saliency_methods
 
-ALL_METHODS = ("occlusion", "gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients",
-               "grad-cam", "guided-grad-cam")
+ALL_METHODS = tuple(saliency_methods.names())
+"""Every method of the saliency registry (:mod:`netvis.saliency.methods`), in its order."""
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "fast": {

@@ -1,6 +1,6 @@
 r"""Measures behind the experiments: do saliency maps really explain the model?
 
-* :func:`saliency_maps` -- every method of :data:`netvis.saliency.METHODS` (and a random map) with one
+* :func:`saliency_maps` -- every method of the registry (:mod:`netvis.saliency.methods`) (and a random map) with one
   set of options, reduced to one ``(N, H, W)`` map per image by :func:`to_2d`;
 * :func:`spearman` and :func:`map_ssim` -- how similar two maps are (Adebayo et al. 2018);
 * :func:`layer_units`, :func:`randomized_copy` -- cascading and independent parameter randomisation;
@@ -13,12 +13,18 @@ from __future__ import annotations
 import copy
 import math
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from netvis.bn import is_batchnorm
+from netvis.hooks import eval_session
+from netvis.saliency import default_layer
+from netvis.saliency import methods as registry
+from netvis.saliency.incremental import ssim
 
 __all__ = [
     "MARKER_PATTERNS",
@@ -74,24 +80,23 @@ def to_2d(saliency: Tensor, *, absolute: bool = True) -> Tensor:
 
 
 def method_options(model: nn.Module, image_size: tuple[int, int], params: Mapping[str, Any], seed: int) -> dict:
-    """Per-method keyword options from an experiment's parameters.
+    """Per-method keyword options from an experiment's parameters, for every method of the registry.
 
-    ``occlusion_window``/``occlusion_stride`` (occlusion, output ``"drop"``, upsampled to the image),
-    ``smoothgrad_samples``, ``ig_steps``; Grad-CAM and guided Grad-CAM use
-    :func:`netvis.saliency.default_layer`; SmoothGrad draws its noise from a generator seeded with ``seed``.
+    Each method gets its figure options (occlusion: output ``"drop"``, upsampled to the image) and those of
+    these settings that are its options: ``window``/``stride`` from ``occlusion_window``/``occlusion_stride``,
+    ``n_samples`` from ``smoothgrad_samples``, ``steps`` from ``ig_steps``, ``layer``
+    (:func:`netvis.saliency.default_layer`) and ``generator`` (``seed``).
     """
-    from netvis.saliency import default_layer
-
     window = min(int(params.get("occlusion_window", 4)), *image_size)
-    stride = int(params.get("occlusion_stride", max(window // 2, 1)))
-    layer = default_layer(model)
-    return {
-        "occlusion": {"window": window, "stride": stride, "output": "drop", "upsample": True},
-        "smoothgrad": {"n_samples": int(params.get("smoothgrad_samples", 25)), "generator": seed},
-        "integrated-gradients": {"steps": int(params.get("ig_steps", 32))},
-        "grad-cam": {"layer": layer},
-        "guided-grad-cam": {"layer": layer},
+    settings = {
+        "window": window,
+        "stride": int(params.get("occlusion_stride", max(window // 2, 1))),
+        "n_samples": int(params.get("smoothgrad_samples", 25)),
+        "steps": int(params.get("ig_steps", 32)),
+        "generator": seed,
+        "layer": default_layer(model),
     }
+    return {method.name: {**method.figure_options, **method.select(settings)} for method in registry.methods()}
 
 
 def saliency_maps(
@@ -110,7 +115,8 @@ def saliency_maps(
         model: a classifier.
         x: images ``(N, C, H, W)``.
         target: ``(N,)`` classes to explain.
-        methods: names of :data:`netvis.saliency.METHODS`, or ``"random"`` (uniform noise from ``generator``).
+        methods: names of the registry (:mod:`netvis.saliency.methods`), or ``"random"`` (uniform noise from
+            ``generator``).
         options: method name -> keyword options (see :func:`method_options`).
         generator: for the random map.
         absolute: passed to :func:`to_2d`.
@@ -118,18 +124,15 @@ def saliency_maps(
     Returns:
         ``{method: (N, H, W) map}`` on the CPU.
     """
-    from netvis.saliency import METHODS
-
     out: dict[str, Tensor] = {}
     for name in methods:
         if name == RANDOM:
             g = generator if generator is not None else torch.Generator().manual_seed(0)
             out[name] = torch.rand(x.shape[0], *x.shape[-2:], generator=g)
             continue
-        if name not in METHODS:
-            raise ValueError(f"unknown saliency method {name!r}; choose from {', '.join(METHODS)} or 'random'")
-        fn: Callable[..., Tensor] = METHODS[name]
-        m = fn(model, x, target, **dict((options or {}).get(name, {})))
+        if name not in registry.names():
+            raise ValueError(f"unknown saliency method {name!r}; choose from {', '.join(registry.names())} or 'random'")
+        m = registry.get(name)(model, x, target, **dict((options or {}).get(name, {})))
         out[name] = to_2d(m.detach(), absolute=absolute).cpu()
     return out
 
@@ -205,8 +208,6 @@ def map_ssim(a: Tensor, b: Tensor, *, window: int = 7) -> Tensor:
     Returns:
         ``(N,)`` SSIM values (1: identical up to an affine scaling).
     """
-    from netvis.saliency.incremental import ssim
-
     a = _unit_range(a.detach().cpu().to(torch.float64))
     b = _unit_range(b.detach().cpu().to(torch.float64))
     return ssim(a, b, window=window, data_range=1.0).to(torch.float64)
@@ -233,8 +234,6 @@ def layer_units(model: nn.Module, x: Tensor, granularity: str = "blocks") -> lis
     Returns:
         Dotted names for ``model.get_submodule``, input side first.
     """
-    from netvis.hooks import eval_session
-
     def has_params(m: nn.Module) -> bool:
         return any(True for _ in m.parameters())
 
@@ -290,8 +289,6 @@ def randomized_copy(model: nn.Module, units: Sequence[str], seed: int) -> nn.Mod
     Returns:
         The randomised copy, in eval mode, on ``model``'s device.
     """
-    from netvis.bn import is_batchnorm
-
     clone = copy.deepcopy(model)
     devices = sorted({p.device.index or 0 for p in clone.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -394,8 +391,6 @@ def perturbation_curves(
     Returns:
         ``(N, S + 1)`` probabilities (CPU, float64).
     """
-    from netvis.hooks import eval_session
-
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     if not isinstance(steps, int) or steps < 1:

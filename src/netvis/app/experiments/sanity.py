@@ -42,9 +42,10 @@ from netvis.app.experiments.metrics import (
     spearman,
 )
 from netvis.data import TensorImageDataset
+from netvis.saliency import methods as saliency_methods
 
-ALL_METHODS = ("gradient", "guided-backprop", "deconvnet", "smoothgrad", "integrated-gradients", "grad-cam",
-               "guided-grad-cam", "occlusion")
+ALL_METHODS = tuple(saliency_methods.names())
+"""Every method of the saliency registry (:mod:`netvis.saliency.methods`), in its order."""
 PASS_BELOW = 0.5
 """A method passes the model randomisation test when its rank correlation after every unit has been
 randomised falls below this."""
