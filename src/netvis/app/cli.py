@@ -13,6 +13,7 @@ import click
 import torch
 
 from netvis.app import experiments
+from netvis.app._errors import ReportingGroup, debug_option, describe_error
 from netvis.app.demo import run_demo, write_report
 from netvis.app.jobs.features import run_examples
 from netvis.app.jobs.inversion import run_invert, run_train_inverter
@@ -30,15 +31,16 @@ from netvis.train.evaluate import evaluate_checkpoint
 def _reported(*errors: type[BaseException]) -> Iterator[None]:
     """Show ``errors`` raised in the block as a one-line error (exit status 1) instead of a traceback.
 
-    netvis's ``CheckpointError`` and ``DataError`` are ``ValueError``\\ s.
+    netvis's ``CheckpointError`` and ``DataError`` are ``ValueError``\\ s. Every other error is reported on one
+    line too, by :class:`~netvis.app._errors.ReportingGroup` (see :mod:`netvis.app._errors`).
     """
     try:
         yield
     except errors as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(describe_error(exc)) from exc
 
 
-class _Commands(click.Group):
+class _Commands(ReportingGroup):
     """The ``netvis`` group; ``saliency`` is built from the method registry each time it is looked up."""
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
@@ -52,6 +54,7 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="netvis")
+@debug_option()
 def main() -> None:
     """netvis: see what a CNN looks at and what its units respond to."""
 
@@ -97,9 +100,9 @@ def report_command(checkpoint: str, data: str, out: str, limit: int | None, prog
 @main.command("train")
 @click.option("--model", help="Model (`netvis models`), e.g. resnet20_cifar; required unless --resume.")
 @click.option("--data", help="Data set name (fashion-mnist, fashion-mnist-sample, cifar10) or folder.")
-@click.option("--epochs", type=int, help="Total epochs; required unless --resume.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Total epochs; required unless --resume.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder.")
-@click.option("--batch-size", type=int, help="Global batch size (default 128).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size (default 128).")
 @click.option("--lr", type=float, help="Peak learning rate (default 0.1 for sgd, 1e-3 for adam).")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), help="Optimizer (default sgd).")
 @click.option("--momentum", type=float, help="SGD momentum (default 0.9).")
@@ -114,16 +117,17 @@ def report_command(checkpoint: str, data: str, out: str, limit: int | None, prog
 @click.option("--trainable", type=click.Choice(["all", "bn", "bn+fc", "all-but-bn"]),
               help="Which parameters train (default all; bn: only BatchNorm gamma and beta).")
 @click.option("--augment/--no-augment", default=None, help="Random crop with padding + horizontal flip.")
-@click.option("--crop-padding", type=int, help="Padding of the random crop (default 4; 0: flip only).")
+@click.option("--crop-padding", type=click.IntRange(min=0),
+              help="Padding of the random crop (default 4; 0: flip only).")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="Extra model option, repeatable, e.g. --model-option norm_layer=none.")
-@click.option("--limit-train", type=int, help="Train on the first N training images only.")
-@click.option("--limit-test", type=int, help="Evaluate on the first N test images only.")
+@click.option("--limit-train", type=click.IntRange(min=1), help="Train on the first N training images only.")
+@click.option("--limit-test", type=click.IntRange(min=1), help="Evaluate on the first N test images only.")
 @click.option("--no-eval", is_flag=True, help="Do not evaluate on the test split after each epoch.")
 @click.option("--label-smoothing", type=float, help="Cross-entropy label smoothing (default 0).")
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm across torchrun processes (GPUs only).")
-@click.option("--num-workers", type=int, help="DataLoader workers for data sets not held in memory.")
-@click.option("--stop-after", type=int, help="Stop after N epochs of this call (resume later).")
+@click.option("--num-workers", type=click.IntRange(min=0), help="DataLoader workers for data sets not held in memory.")
+@click.option("--stop-after", type=click.IntRange(min=1), help="Stop after N epochs of this call (resume later).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default on).")
 def train_command(out: str, resume: bool, no_eval: bool, model_options: tuple[str, ...], **options) -> None:
@@ -166,9 +170,9 @@ def train_command(out: str, resume: bool, no_eval: bool, model_options: tuple[st
 @click.argument("checkpoint")
 @click.option("--data", help="Data set name or folder (default: the one the checkpoint was trained on).")
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
-@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--limit", type=int, help="Evaluate on the first N images only.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate on the first N images only.")
 @click.option("--progress/--no-progress", default=True)
 def evaluate_command(checkpoint: str, data: str | None, split: str, batch_size: int, device: str,
                      limit: int | None, progress: bool) -> None:
@@ -310,14 +314,14 @@ def train_inverter_command(checkpoint: str, layer: str, data: str, out: str, **o
               help="Layer (dotted name, e.g. layer3 or layer2.1.conv1); repeat for several (one pass).")
 @click.option("--data", help="Data set name or folder (default: the one the checkpoint was trained on).")
 @click.option("--split", default="test", show_default=True, help="Split to search.")
-@click.option("--k", default=20, show_default=True, help="Images per channel.")
+@click.option("--k", default=20, show_default=True, type=click.IntRange(min=1), help="Images per channel.")
 @click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True,
               help="Score of an image for a channel: the mean or the max of its activation map.")
 @click.option("--out", default="netvis-examples", show_default=True, type=click.Path(file_okay=False),
               help="Folder for index.html, the grids and the results (reruns resume from it).")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--limit", type=int, help="Search the first N images only.")
+@click.option("--limit", type=click.IntRange(min=1), help="Search the first N images only.")
 @click.option("--progress/--no-progress", default=True)
 def examples_command(checkpoint: str, layers: tuple[str, ...], data: str | None, split: str, k: int,
                      reduce: str, out: str, batch_size: int, device: str, limit: int | None,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from torch import Tensor
 
 from netvis.data import load
+from netvis.io import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 
 __all__ = ["SAMPLE_DATA", "load_target"]
 
@@ -26,6 +26,8 @@ def load_target(spec: str, preprocess: Any) -> Tensor:
 
     Raises:
         ValueError: a bad ``sample:`` index. FileNotFoundError: no such file.
+        ImageReadError: the file is not a sound PNG or JPEG of at most :data:`netvis.io.DEFAULT_MAX_PIXELS`
+            pixels (empty, another format, truncated, a decompression bomb); the message names the file.
     """
     if spec.startswith("sample:"):
         try:
@@ -39,6 +41,9 @@ def load_target(spec: str, preprocess: Any) -> Tensor:
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"no image file {spec!r} (give a PNG/JPG path or sample:N)")
-    with Image.open(path) as image:
-        image.load()
+    try:
+        image = read_image(path, max_pixels=DEFAULT_MAX_PIXELS)
+    except ImageReadError as exc:
+        raise type(exc)(f"{spec}: {exc}") from None
+    with image:
         return preprocess(image)

@@ -25,6 +25,7 @@ from netvis.app.render.figures import save_figure
 from netvis.data import DataError, load
 from netvis.inversion.network import CHECKPOINT_NAME, Inverter, train_inverter
 from netvis.inversion.optimise import InversionResult, invert, pixel_bounds
+from netvis.io import atomic_write, atomic_write_text
 from netvis.train.checkpoint import load_checkpoint
 
 __all__ = ["load_target", "run_invert", "run_train_inverter", "save_png", "SAMPLE_DATA"]
@@ -43,10 +44,8 @@ def save_png(image: Tensor, path: str | os.PathLike, preprocess: Any) -> Path:
         image = image[0]
     unit = _to_unit(image[None], preprocess)[0]
     array = (unit * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
-    return path
+    picture = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    return atomic_write(path, lambda handle: picture.save(handle, format="PNG"))
 
 
 def _file_name(layer: str) -> str:
@@ -108,7 +107,7 @@ def run_invert(
         "layers": {name: result.to_dict() for name, result in results.items()},
         "files": files,
     }
-    (out / "inversion.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out / "inversion.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 

@@ -25,6 +25,7 @@ from netvis.app.jobs._inputs import load_target
 from netvis.app.render.figures import method_grid, overlay, save_figure
 from netvis.data import Preprocess
 from netvis.devices import resolve_device
+from netvis.io import atomic_write, atomic_write_text
 from netvis.saliency import methods as registry
 from netvis.saliency._common import PRECISIONS
 from netvis.saliency.methods import Method
@@ -190,7 +191,8 @@ def run_saliency(
                 progress(f"{spec_image}: {name}")
             result = method(clf.model, x, cls, **runs[name]).detach().cpu()
             raw = out / f"{stem}_{name}.npy"
-            np.save(raw, result[0].numpy())
+            array = result[0].numpy()
+            atomic_write(raw, lambda handle: np.save(handle, array))  # noqa: B023 (called at once)
             display = displays[name] = method.display(result)[0]
             png = save_figure(overlay(image, display, mean=mean, std=std, title=f"{name}: {clf.classes[cls]}"),
                               out / f"{stem}_{name}.png")
@@ -203,6 +205,6 @@ def run_saliency(
                         "device": str(dev), "precision": options.get("precision") or "fp32",
                         "precisions": {name: runs[name].get("precision", "fp32") for name in runs}})
     path = out / "saliency.json"
-    path.write_text(json.dumps({"model": spec, "images": summary}, indent=2) + "\n")
+    atomic_write_text(path, json.dumps({"model": spec, "images": summary}, indent=2) + "\n")
     written.append(path)
     return written

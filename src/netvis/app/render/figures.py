@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
+from netvis.io import atomic_write
+
 __all__ = [
     "image_to_array",
     "map_to_array",
@@ -309,8 +311,7 @@ def method_grid(
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
-    """Save ``fig`` (PNG, or the format the suffix names), creating parent folders; returns the path."""
+    """Save ``fig`` (PNG, or the format the suffix names) atomically, creating parent folders; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    return atomic_write(path, lambda handle: fig.savefig(handle, dpi=dpi, format=fmt))
