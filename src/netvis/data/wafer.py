@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from netvis.data.base import TensorImageDataset
+from netvis.data.base import TensorImageDataset, channel_stats
 from netvis.data.errors import DataError
 
 __all__ = [
@@ -496,8 +496,6 @@ def load_wafer_maps(
 
 
 def _stats(images: np.ndarray, channels: int | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from netvis.data.base import channel_stats
-
     return channel_stats(torch.from_numpy(images)[:, None], channels=channels)
 
 

@@ -23,6 +23,7 @@ import copy
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 
 from netvis.app.experiments._common import Context, Experiment, ExperimentResult, Timer
 from netvis.bn import recalibrate
@@ -136,8 +137,6 @@ def mode_table(model, test_data, *, eval_accuracy: float, recomputed_accuracy: f
 
 
 def _figure(batch_rows: list[dict[str, Any]], mode_rows: list[dict[str, Any]]):
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2)
     sizes = [r["batch_size"] for r in batch_rows]

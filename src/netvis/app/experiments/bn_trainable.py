@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 from netvis.app.experiments._common import Context, Experiment, ExperimentResult, Timer
 from netvis.bn import set_trainable
 
@@ -48,9 +51,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def _figure(curves: dict[str, list[dict[str, Any]]], chance: float):
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     fig = Figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.subplots()
     for policy, metrics in curves.items():

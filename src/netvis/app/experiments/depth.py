@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 from netvis.app.experiments._common import Context, Experiment, ExperimentResult, Timer
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -41,9 +44,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def _figure(rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]]):
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, kind in zip(axes, ("plain", "residual"), strict=True):

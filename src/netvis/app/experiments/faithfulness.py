@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 
 from netvis.app.experiments._common import (
     Context,
@@ -81,8 +82,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def _figure(curves: dict[str, dict[str, torch.Tensor]], baseline: str):
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, mode in zip(axes, ("deletion", "insertion"), strict=True):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from netvis.app.experiments._common import (
@@ -182,8 +183,6 @@ def summary_table(rows: list[dict[str, Any]], methods: list[str], units: list[st
 
 
 def _figure(methods: list[str], original: dict[str, torch.Tensor], steps: list[tuple[str, dict[str, torch.Tensor]]]):
-    from matplotlib.figure import Figure
-
     if len(steps) > 6:  # keep the first, the last and evenly spaced ones between
         keep = sorted({round(i * (len(steps) - 1) / 5) for i in range(6)})
         steps = [steps[i] for i in keep]
