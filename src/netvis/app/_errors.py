@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -73,6 +74,8 @@ class ReportingGroup(click.Group):
             hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
             _fail(" ".join(exc.format_message().split()) + hint, 2)
         except click.ClickException as exc:
+            if self._debug and exc.__cause__ is not None:
+                traceback.print_exception(exc.__cause__)
             _fail(" ".join(exc.format_message().split()), exc.exit_code)
         except click.Abort:
             _fail("aborted", 1)
