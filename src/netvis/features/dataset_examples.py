@@ -35,6 +35,7 @@ from netvis.data.base import TensorImageDataset
 from netvis.devices import device_for
 from netvis.features._common import LayerLike, StopForward, capture, resolve_layers
 from netvis.hooks import eval_session
+from netvis.io import atomic_save
 
 __all__ = ["DatasetExamples", "RunningTopK", "dataset_examples", "shard_bounds"]
 
@@ -298,7 +299,7 @@ class DatasetExamples:
             "feature_shape": list(self.feature_shape),
             "meta": self.meta,
         }
-        _atomic_save(payload, path)
+        atomic_save(payload, path)
         return path
 
     @classmethod
@@ -327,16 +328,7 @@ class DatasetExamples:
                 f"reduce={self.reduce!r}, num_images={self.num_images}, feature_shape={self.feature_shape})")
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -609,7 +601,7 @@ def _write_checkpoint(path: Path, fingerprint: dict[str, Any], tops: dict[str, R
         "done": done,
         "states": {name: top.state_dict() for name, top in tops.items()},
     }
-    _atomic_save(payload, path)
+    atomic_save(payload, path)
 
 
 def _read_checkpoint(path: Path, fingerprint: dict[str, Any], tops: dict[str, RunningTopK]) -> int:

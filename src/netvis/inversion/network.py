@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from netvis.inversion._context import LayerLike, frozen, layer_outputs, resolve_layer
+from netvis.io import atomic_save
 
 __all__ = ["Inverter", "UpConvDecoder", "train_inverter", "CHECKPOINT_NAME"]
 
@@ -243,7 +243,7 @@ class Inverter:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the inverter (decoder weights and settings, not the user's model) atomically to ``path``."""
-        return _atomic_save(self.state(), Path(path))
+        return atomic_save(self.state(), Path(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module, *, map_location: Any = "cpu") -> Inverter:
@@ -272,21 +272,7 @@ class Inverter:
         return cls(model, state["layer"], decoder, bounds, state["history"], state["config"])
 
 
-def _atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
 
 
 def _images_of(item: Any) -> Tensor:
@@ -453,7 +439,7 @@ def train_inverter(
                 inverter = Inverter(model, name, decoder, (lo, hi), history, config)
                 state = inverter.state()
                 state.update(optimizer=opt.state_dict(), generator=gen.get_state(), epoch=epoch + 1)
-                _atomic_save(state, ckpt_path)
+                atomic_save(state, ckpt_path)
         decoder.eval()
     bounds = None if lo is None else (lo.detach(), hi.detach())
     return Inverter(model, name, decoder, bounds, history, config)

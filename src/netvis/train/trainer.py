@@ -44,11 +44,12 @@ from tqdm.auto import tqdm
 from netvis import __version__ as netvis_version
 from netvis.bn import TRAINABLE_POLICIES, set_trainable
 from netvis.data import load
+from netvis.io import atomic_write_text
 from netvis.models import create
 from netvis.train import distributed as D
 from netvis.train._batches import classes_of, data_description, first_items, is_tensor_dataset
 from netvis.train.augment import CropFlip
-from netvis.train.checkpoint import CheckpointError, _atomic_write, read_checkpoint, save_checkpoint
+from netvis.train.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from netvis.train.curves import plot_curves
 from netvis.train.evaluate import autocast_context, evaluate_sums
 
@@ -301,10 +302,6 @@ def resume_config(run_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
@@ -686,8 +683,8 @@ class _Run:
         assert self.run_dir is not None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(self.payload(epoch), self.checkpoint_path)
-        _atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
-        _atomic_write_text(self.run_dir / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics))
+        atomic_write_text(self.run_dir / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
         plot_curves(self.metrics, self.run_dir / "curves.png", title=f"{self.config.model} on {self.config.data}")
 
     # -- the loop ----------------------------------------------------------------------------------

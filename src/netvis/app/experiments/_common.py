@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from netvis.app.render.report import Report
 from netvis.data import TensorImageDataset, load
 from netvis.hooks import eval_session
+from netvis.io import atomic_write_text
 from netvis.train import TrainConfig
 from netvis.train import train as train_model
 from netvis.train.checkpoint import load_checkpoint
@@ -239,9 +240,7 @@ class ExperimentResult:
                 fig.savefig(out / "figures" / f"{name}.png", dpi=110, bbox_inches="tight")
                 figs.figure(fig, caption=name)
         path = report.write(out)
-        tmp = out / ".results.json.tmp"
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out / "results.json")
+        atomic_write_text(out / "results.json", json.dumps(self.to_dict(), indent=2) + "\n")
         self.out = out
         return path
 

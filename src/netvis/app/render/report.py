@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netvis.io import atomic_write_text
+
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 0; color: #1d232a; background: #fafafa; }
 header { background: #18324a; color: #fff; padding: 1.2em 2em; }
@@ -118,10 +120,4 @@ class Report:
 
     def write(self, out_dir: str | os.PathLike) -> Path:
         """Write ``index.html`` into ``out_dir`` atomically and return its path."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "index.html"
-        tmp = out / ".index.html.tmp"
-        tmp.write_text(self.to_html(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(Path(out_dir) / "index.html", self.to_html())
