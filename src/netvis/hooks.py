@@ -45,6 +45,7 @@ __all__ = [
     "guided_relus",
     "model_device",
     "preserved_state",
+    "record_calls",
     "resolve_layer",
     "snapshot",
     "state_differences",
@@ -359,6 +360,36 @@ def capture_activation(model: nn.Module, layer: nn.Module | str) -> Iterator[Act
         yield capture
     finally:
         handle.remove()
+
+
+@contextmanager
+def record_calls(model: nn.Module) -> Iterator[list[tuple[str, nn.Module, tuple, Any]]]:
+    """Record ``(dotted name, module, inputs, output)`` for every call of every submodule, as it returns.
+
+    The list is in completion order: a container comes right after the last of its children that
+    ran inside it. Inputs (the positional arguments) and outputs are the objects themselves (still in
+    the autograd graph). One
+    forward hook per module (``model`` included, named ``""``), all removed on exit, also on error.
+
+    Yields:
+        The list the hooks append to.
+    """
+    calls: list[tuple[str, nn.Module, tuple, Any]] = []
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            calls.append((name, module, inputs, output))
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class StopForward(Exception):

@@ -91,17 +91,20 @@ def test_nonexistent_layer_lists_close_names():
 def test_default_layer():
     assert default_layer(torchvision.models.resnet18(weights=None)) == "layer4"
     assert default_layer(torchvision.models.squeezenet1_1(weights=None)) == "classifier.1"
-    assert default_layer(small_cnn()) == "4"
+    assert default_layer(small_cnn()) == "5"  # the last rectified map, before the adaptive pooling
     wrapped = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)),
-                            nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
-    assert default_layer(wrapped) == "0"
+                            nn.Sequential(nn.Flatten(), nn.Linear(16, 2)))
+    assert default_layer(wrapped, torch.rand(1, 3, 6, 6)) == "0"  # the 2 x 2 map of the second conv
+    assert default_layer(wrapped[:1], torch.rand(1, 3, 5, 5)) == "0.1"  # 1 x 1 there: the last map is 3 x 3
     inner = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(4, 2))
-    assert default_layer(nn.Sequential(inner)) == "0.0"
-    with pytest.raises(ValueError, match="no nn.Conv2d"):
-        default_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+    assert default_layer(nn.Sequential(inner)) == "0.1"
+    with pytest.raises(ValueError, match="no layer whose output is a spatial map .* pass layer="):
+        default_layer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.rand(1, 3, 2, 2))
+    with pytest.raises(ValueError, match=r"a probe of shape \(1, 3, 32, 32\) failed .* pass x="):
+        default_layer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)))
 
 
 def test_grad_cam_uses_the_default_layer(model):
     x = torch.rand(2, 3, 8, 8)
-    torch.testing.assert_close(grad_cam(model, x, 1), grad_cam(model, x, 1, layer="4"))
+    torch.testing.assert_close(grad_cam(model, x, 1), grad_cam(model, x, 1, layer="5"))

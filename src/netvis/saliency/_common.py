@@ -2,18 +2,100 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from netvis._checks import check_positive_int
 
-TargetLike = None | int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
-"""A target: ``None`` (the predicted class), an int, N ints, or a callable ``outputs -> (N,) scores``."""
+TargetLike = None | int | Sequence[int] | torch.Tensor | np.ndarray | Callable[[Any], torch.Tensor]
+"""A target: ``None`` (the predicted class), an int, N ints (a sequence, a tensor or a numpy array), or a
+callable ``outputs -> (N,) scores``."""
+
+Select = None | str | int | Callable[[Any], torch.Tensor]
+"""Which part of a model's output holds the scores: ``None`` (automatic), a key or attribute name, a
+position, or a callable ``outputs -> tensor``; see :func:`select_output`."""
+
+_AUTO_KEYS = ("logits", "out")
+
+
+def _describe_output(outputs: Any) -> str:
+    if isinstance(outputs, torch.Tensor):
+        return f"a tensor of shape {tuple(outputs.shape)}"
+    if isinstance(outputs, Mapping):
+        return f"{type(outputs).__name__} with keys {list(outputs.keys())}"
+    if dataclasses.is_dataclass(outputs) and not isinstance(outputs, type):
+        return f"{type(outputs).__name__} with fields {[f.name for f in dataclasses.fields(outputs)]}"
+    if isinstance(outputs, (tuple, list)):
+        return f"a {type(outputs).__name__} of {len(outputs)} elements"
+    return type(outputs).__name__
+
+
+def select_output(outputs: Any, select: Select = None, *, classes: bool = True) -> Any:
+    """The part of a model's ``outputs`` that the target scores.
+
+    Models may return a tensor, a tuple or list (``select=0``), a dict (torchvision's segmentation
+    models: ``select="out"``), a dataclass or a Hugging Face ``ModelOutput`` (``select="logits"``).
+
+    Args:
+        outputs: what ``model(x)`` returned.
+        select: ``None``: a tensor is used as it is; for a class target (``classes=True``) an output
+            that is not a tensor is searched for a ``"logits"`` then an ``"out"`` entry (key or
+            attribute), and refused, with a message naming ``select=``, when it has neither; a callable
+            target gets the output unchanged. A str: that key of a mapping, else that attribute. An int:
+            that position of a tuple or list. A callable: ``select(outputs)``.
+        classes: whether the target is a class target (``None``, ints) rather than a callable.
+
+    Returns:
+        The selected output (a tensor, unless a callable target is to receive the raw output).
+
+    Raises:
+        KeyError: a str key that the output does not have (the message lists the keys).
+        IndexError: an int position out of range.
+        TypeError: a class target and an output that is neither a tensor nor selectable automatically.
+    """
+    if select is None:
+        if isinstance(outputs, torch.Tensor) or not classes:
+            return outputs
+        for key in _AUTO_KEYS:
+            if isinstance(outputs, Mapping) and isinstance(outputs.get(key), torch.Tensor):
+                return outputs[key]
+            if not isinstance(outputs, Mapping) and isinstance(getattr(outputs, key, None), torch.Tensor):
+                return getattr(outputs, key)
+        raise TypeError(
+            f"the model returned {_describe_output(outputs)}; pass select= (a key or attribute name such as "
+            "'logits', a position such as 0, or a callable outputs -> tensor) to say which part holds the "
+            "class scores, or a callable target outputs -> (N,) scores"
+        )
+    if isinstance(select, bool):
+        raise TypeError("select must be None, a str, an int or a callable, not a bool")
+    if isinstance(select, str):
+        if isinstance(outputs, Mapping):
+            if select not in outputs:
+                raise KeyError(f"select={select!r}: the model returned {_describe_output(outputs)}")
+            return outputs[select]
+        if not hasattr(outputs, select):
+            raise KeyError(f"select={select!r}: the model returned {_describe_output(outputs)}")
+        return getattr(outputs, select)
+    if isinstance(select, int):
+        if isinstance(outputs, torch.Tensor) or not isinstance(outputs, Sequence):
+            raise TypeError(
+                f"select={select}: a position needs a tuple or list output; the model returned "
+                f"{_describe_output(outputs)}"
+            )
+        if not -len(outputs) <= select < len(outputs):
+            raise IndexError(f"select={select} is out of range: the model returned {_describe_output(outputs)}")
+        return outputs[select]
+    if callable(select):
+        return select(outputs)
+    raise TypeError(f"select must be None, a str, an int or a callable, got {type(select).__name__}")
 
 
 def check_model(model: nn.Module) -> None:
@@ -38,16 +120,21 @@ def check_images(x: torch.Tensor) -> None:
 
 @dataclass
 class Target:
-    """A resolved target: per-sample class indices, or a callable scoring each row of the outputs."""
+    """A resolved target: per-sample class indices, or a callable scoring each row of the outputs.
+
+    ``select`` (see :func:`select_output`) picks the part of the model's outputs that is scored.
+    """
 
     indices: torch.Tensor | None = None
-    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    fn: Callable[[Any], torch.Tensor] | None = None
+    select: Select = None
 
-    def scores(self, outputs: torch.Tensor, n: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, outputs: Any, n: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Scores ``(n,)`` of the model ``outputs`` for ``n`` input rows; row ``m`` is sample ``rows[m]``.
 
         ``rows`` is ``None`` when row ``m`` is sample ``m``.
         """
+        outputs = select_output(outputs, self.select, classes=self.fn is None)
         if self.fn is not None:
             scores = self.fn(outputs)
             if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n,):
@@ -63,11 +150,11 @@ class Target:
         return outputs.gather(1, idx.to(outputs.device)[:, None]).squeeze(1)
 
 
-def _check_class_outputs(outputs: torch.Tensor) -> None:
+def _check_class_outputs(outputs: Any) -> None:
     if not isinstance(outputs, torch.Tensor):
         raise TypeError(
-            f"the model returned {type(outputs).__name__}; a class target needs a tensor of class scores "
-            "shaped (N, num_classes) (pass a callable target to score other outputs)"
+            f"the selected output is {_describe_output(outputs)}; a class target needs a tensor of class "
+            "scores shaped (N, num_classes) (pass select= to pick it, or a callable target)"
         )
     if outputs.dim() != 2:
         raise ValueError(
@@ -76,32 +163,50 @@ def _check_class_outputs(outputs: torch.Tensor) -> None:
         )
 
 
-def resolve_target(target: TargetLike, outputs: torch.Tensor, n: int) -> Target:
+def _is_callable_target(target: Any) -> bool:
+    return callable(target) and not isinstance(target, (torch.Tensor, np.ndarray))
+
+
+def resolve_target(target: TargetLike, outputs: Any, n: int, select: Select = None) -> Target:
     """Turn ``target`` into a :class:`Target` for ``n`` samples whose clean model outputs are ``outputs``.
+
+    Every saliency method resolves its target here, so all of them accept the same targets and outputs.
 
     Args:
         target: ``None`` (each sample's predicted class, ``outputs.argmax(1)``), an int (the same class
-            for every sample), a sequence or 1-D integer tensor of ``n`` classes, or a callable mapping
-            model outputs ``(M, ...)`` to ``(M,)`` scores (each row's score must depend on that row only).
-        outputs: the model's outputs on the clean inputs.
+            for every sample), a sequence, 1-D integer tensor or 1-D integer numpy array of ``n``
+            classes, or a callable mapping the (selected) model outputs of ``M`` rows to ``(M,)`` scores
+            (each row's score must depend on that row only), e.g. the sum of a segmentation class's
+            logits over a mask, or one region's score.
+        outputs: the model's outputs on the clean inputs (a tensor, tuple, dict, dataclass...).
         n: the number of samples.
+        select: which part of ``outputs`` is scored (see :func:`select_output`).
 
     Raises:
         ValueError: a class out of range (the message names the number of classes), a wrong number of
             classes, outputs that are not ``(N, num_classes)`` for a class target.
-        TypeError: a target of another type, a non-integer tensor.
+        TypeError: a target of another type, a non-integer tensor or array, an output that needs
+            ``select=``.
     """
-    if callable(target) and not isinstance(target, torch.Tensor):
-        return Target(fn=target)
+    if _is_callable_target(target):
+        return Target(fn=target, select=select)
+    outputs = select_output(outputs, select, classes=True)
     if isinstance(outputs, torch.Tensor) and outputs.shape[0] != n:
         raise ValueError(f"the model returned {outputs.shape[0]} rows of outputs for {n} inputs")
     _check_class_outputs(outputs)
     num_classes = outputs.shape[1]
     device = outputs.device
     if target is None:
-        return Target(indices=outputs.detach().argmax(1))
-    if isinstance(target, bool):
+        return Target(indices=outputs.detach().argmax(1), select=select)
+    if isinstance(target, (bool, np.bool_)):
         raise TypeError("target must be an int class index, not a bool")
+    if isinstance(target, np.ndarray):
+        if target.dtype.kind not in "iu":
+            raise TypeError(
+                f"a numpy target must hold integer class indices, got dtype {target.dtype} "
+                "(convert with target.astype(int))"
+            )
+        target = torch.from_numpy(np.ascontiguousarray(target).astype(np.int64))
     if isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"a target tensor must hold integer class indices, got dtype {target.dtype}")
@@ -134,7 +239,7 @@ def resolve_target(target: TargetLike, outputs: torch.Tensor, n: int) -> Target:
             f"target {value} is out of range for a model with {num_classes} classes "
             f"(valid targets: 0..{num_classes - 1})"
         )
-    return Target(indices=indices)
+    return Target(indices=indices, select=select)
 
 
 def row_chunks(n_images: int, per_image: int, batch_size: int) -> Iterator[list[tuple[int, int, int]]]:
@@ -178,6 +283,7 @@ def gradient_of_scores(
     rows: torch.Tensor | None = None,
     forward_context: Callable[[], AbstractContextManager] | None = None,
     precision: str = "fp32",
+    select: Select = None,
 ) -> tuple[torch.Tensor, Target]:
     """``d score / d inputs`` for each row, by ``torch.autograd.grad`` on a detached copy of ``inputs``.
 
@@ -185,8 +291,9 @@ def gradient_of_scores(
     gets a copy of ``inputs`` (it may modify it in place without touching the caller's tensor).
     ``forward_context`` (e.g. :func:`netvis.hooks.guided_relus`) wraps the forward pass only; the target
     is scored and differentiated outside it. ``target`` is a resolved :class:`Target` (then ``rows`` maps
-    rows to its samples) or a raw target, resolved on these inputs' outputs. ``precision="bf16"`` runs the
-    forward pass under bfloat16 autocast (channels-last input on CUDA); the gradient keeps ``inputs``' dtype.
+    rows to its samples) or a raw target, resolved on these inputs' outputs with ``select``.
+    ``precision="bf16"`` runs the forward pass under bfloat16 autocast (channels-last input on CUDA); the
+    gradient keeps ``inputs``' dtype.
 
     Returns:
         The gradient ``(M, C, H, W)`` (detached) and the resolved target.
@@ -197,7 +304,7 @@ def gradient_of_scores(
         copy = xi.clone(memory_format=torch.channels_last) if fast else xi.clone()
         outputs = model(copy)  # a non-leaf copy: a model may modify its input in place
     if not isinstance(target, Target):
-        target = resolve_target(target, outputs, xi.shape[0])
+        target = resolve_target(target, outputs, xi.shape[0], select)
     scores = target.scores(outputs, xi.shape[0], rows)
     if not scores.requires_grad:
         raise RuntimeError(
@@ -211,23 +318,26 @@ def gradient_of_scores(
 
 
 def clean_target(
-    model: nn.Module, x: torch.Tensor, target: TargetLike, batch_size: int
+    model: nn.Module, x: torch.Tensor, target: TargetLike, batch_size: int, select: Select = None
 ) -> tuple[Target, torch.Tensor]:
     """Resolve ``target`` on the clean images (no gradient); return it with the clean scores ``(N,)``.
 
     The caller provides the context (:func:`netvis.hooks.eval_session`). At most ``batch_size`` images
-    go through the model at once.
+    go through the model at once. ``select`` picks the scored part of the outputs (:func:`select_output`).
     """
     n = x.shape[0]
     with torch.no_grad():
         chunks = [model(x[i : i + batch_size].clone()) for i in range(0, n, batch_size)]
-        if callable(target) and not isinstance(target, torch.Tensor):
-            resolved = Target(fn=target)
+        if _is_callable_target(target):
+            resolved = Target(fn=target, select=select)
             sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
             scores = torch.cat([resolved.scores(o, m) for o, m in zip(chunks, sizes, strict=True)])
             return resolved, scores
+        chunks = [select_output(out, select, classes=True) for out in chunks]
         for out in chunks:
             _check_class_outputs(out)
         outputs = torch.cat(chunks)
-        resolved = resolve_target(target, outputs, n)
-        return resolved, resolved.scores(outputs, n)
+        resolved = resolve_target(target, outputs, n)  # on the selected, concatenated outputs
+        scores = resolved.scores(outputs, n)
+        resolved.select = select  # later calls score the model's raw outputs
+        return resolved, scores

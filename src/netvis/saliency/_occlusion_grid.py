@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from netvis._checks import check_pair, check_positive_int
 from netvis.hooks import eval_session
-from netvis.saliency._common import TargetLike, check_precision, clean_target, precision_context
+from netvis.saliency._common import Select, TargetLike, check_precision, clean_target, precision_context
 
 Fill = Literal["mean", "channel_mean"] | float | torch.Tensor
 
@@ -125,6 +125,7 @@ def batched_occlusion(
     batch_size: int,
     progress: bool,
     precision: str,
+    select: Select = None,
 ) -> torch.Tensor:
     """Batched re-inference: every occluded image through the whole model, ``batch_size`` per pass.
 
@@ -149,7 +150,7 @@ def batched_occlusion(
     with ExitStack() as stack:
         stack.enter_context(eval_session(model, grad=False))
         stack.enter_context(precision_context(precision, x.device))
-        resolved, clean = clean_target(model, prepare(x), target, batch_size)
+        resolved, clean = clean_target(model, prepare(x), target, batch_size, select)
         bar = None
         if progress:
             bar = stack.enter_context(tqdm(total=total, desc="occlusion", unit="img"))

@@ -8,24 +8,31 @@ import torch
 from torch import nn
 
 from netvis.hooks import Rule, eval_session, guided_relus
-from netvis.saliency._common import TargetLike, check_images, check_model, check_precision, gradient_of_scores
+from netvis.saliency._common import (
+    Select,
+    TargetLike,
+    check_images,
+    check_model,
+    check_precision,
+    gradient_of_scores,
+)
 
 __all__ = ["deconvnet", "guided_backprop"]
 
 
 def _rule_gradient(model: nn.Module, x: torch.Tensor, target: TargetLike, rule: Rule,
-                   precision: str = "fp32") -> torch.Tensor:
+                   precision: str = "fp32", select: Select = None) -> torch.Tensor:
     check_model(model)
     check_images(x)
     check_precision(precision)
     with eval_session(model, grad=True):
         grad, _ = gradient_of_scores(model, x, target, forward_context=partial(guided_relus, model, rule),
-                                     precision=precision)
+                                     precision=precision, select=select)
     return grad
 
 
 def guided_backprop(model: nn.Module, x: torch.Tensor, target: TargetLike = None, *,
-                    precision: str = "fp32") -> torch.Tensor:
+                    precision: str = "fp32", select: Select = None) -> torch.Tensor:
     r"""Guided backpropagation: back-propagate only positive gradients through positive ReLU inputs.
 
     The backward pass is the ordinary one except at every ReLU :math:`y = \max(x, 0)`, where the gradient
@@ -52,6 +59,9 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: TargetLike = None
         target: ``None`` (predicted class), an int, ``N`` ints or a callable ``outputs -> (N,) scores``.
         precision: ``"fp32"`` or ``"bf16"`` (forward pass under bfloat16 autocast), as in
             :func:`netvis.saliency.gradient`.
+        select: which part of the model's output holds the scores: ``None`` (a tensor, or the
+            ``logits``/``out`` entry of a dict, dataclass or Hugging Face output), a key or attribute
+            name, a tuple position or a callable (see :func:`netvis.saliency._common.select_output`).
 
     Returns:
         ``(N, C, H, W)`` on ``x``'s device (signed; take ``.abs()`` or normalise to display).
@@ -62,11 +72,11 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: TargetLike = None
         >>> guided_backprop(model, torch.rand(2, 3, 8, 8), target=[0, 4]).shape
         torch.Size([2, 3, 8, 8])
     """
-    return _rule_gradient(model, x, target, "guided", precision)
+    return _rule_gradient(model, x, target, "guided", precision, select)
 
 
 def deconvnet(model: nn.Module, x: torch.Tensor, target: TargetLike = None, *,
-              precision: str = "fp32") -> torch.Tensor:
+              precision: str = "fp32", select: Select = None) -> torch.Tensor:
     r"""The deconvnet: back-propagate only positive gradients through every ReLU, whatever its input.
 
     At every ReLU the gradient :math:`g` arriving from above is passed on as
@@ -88,8 +98,11 @@ def deconvnet(model: nn.Module, x: torch.Tensor, target: TargetLike = None, *,
         target: ``None`` (predicted class), an int, ``N`` ints or a callable ``outputs -> (N,) scores``.
         precision: ``"fp32"`` or ``"bf16"`` (forward pass under bfloat16 autocast), as in
             :func:`netvis.saliency.gradient`.
+        select: which part of the model's output holds the scores: ``None`` (a tensor, or the
+            ``logits``/``out`` entry of a dict, dataclass or Hugging Face output), a key or attribute
+            name, a tuple position or a callable (see :func:`netvis.saliency._common.select_output`).
 
     Returns:
         ``(N, C, H, W)`` on ``x``'s device.
     """
-    return _rule_gradient(model, x, target, "deconv", precision)
+    return _rule_gradient(model, x, target, "deconv", precision, select)

@@ -48,7 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from netvis.hooks import eval_session
-from netvis.saliency._common import TargetLike, check_images, check_model, clean_target
+from netvis.saliency._common import Select, TargetLike, check_images, check_model, clean_target
 from netvis.saliency._fx_regions import Plan, Program, Unsupported, _nodes_in, build_program, plan_regions
 from netvis.saliency._occlusion_grid import Fill, batched_occlusion, check_arguments, fill_values, upsample_map
 
@@ -428,6 +428,7 @@ def incremental_occlusion(
     drilldown: int | tuple[int, int] | None = None,
     drilldown_fraction: float = 0.25,
     report: bool = False,
+    select: Select = None,
 ) -> torch.Tensor | tuple[torch.Tensor, OcclusionReport]:
     r"""Occlusion map by incremental inference: each layer recomputes only what the window can change.
 
@@ -472,6 +473,9 @@ def incremental_occlusion(
             interpolated coarse drop is largest).
         report: also return an :class:`OcclusionReport`; with ``tau`` or ``drilldown`` it also computes
             the exact map to report the SSIM between the two (which costs an exact run).
+        select: which part of the model's output holds the scores: ``None`` (a tensor, or the
+            ``logits``/``out`` entry of a dict, dataclass or Hugging Face output), a key or attribute
+            name, a tuple position or a callable (see :func:`netvis.saliency._common.select_output`).
 
     Returns:
         The map ``(N, H', W')`` (or ``(N, H, W)`` with ``upsample``), or ``(map, report)``.
@@ -492,7 +496,7 @@ def incremental_occlusion(
     return run_occlusion(
         model, x, target, window=window, stride=stride, fill=fill, output=output, upsample=upsample,
         batch_size=batch_size, progress=progress, engine="incremental", tau=tau, drilldown=drilldown,
-        drilldown_fraction=drilldown_fraction, report=report,
+        drilldown_fraction=drilldown_fraction, report=report, select=select,
     )
 
 
@@ -514,6 +518,7 @@ def run_occlusion(
     drilldown: int | tuple[int, int] | None = None,
     drilldown_fraction: float = 0.25,
     report: bool = False,
+    select: Select = None,
 ) -> torch.Tensor | tuple[torch.Tensor, OcclusionReport]:
     """:func:`incremental_occlusion` with the engine choice of :func:`netvis.saliency.occlusion`.
 
@@ -548,7 +553,7 @@ def run_occlusion(
             try:
                 program = build_program(model, x)
                 plan = plan_regions(program, tops, lefts, (kh, kw), tau)
-                resolved, clean = clean_target(model, x, target, batch_size)
+                resolved, clean = clean_target(model, x, target, batch_size, select)
                 _check_reproduces(program, resolved, clean, n)
             except Unsupported as exc:
                 reason = str(exc)
@@ -598,7 +603,7 @@ def run_occlusion(
             )
         maps = batched_occlusion(model, x, target, window=(kh, kw), stride=(sh, sw), grid=(hp, wp), fill=fill,
                                  output=output, upsample=upsample, batch_size=batch_size, progress=progress,
-                                 precision=precision)
+                                 precision=precision, select=select)
         info = OcclusionReport(engine="batched", mode="exact", reason=reason, positions=total, total_positions=total,
                                macs_fraction=info.macs_fraction, seconds=time.perf_counter() - start)
     return (maps, info) if report else maps
@@ -608,7 +613,7 @@ def _check_reproduces(program: Program, resolved: Any, clean: torch.Tensor, n: i
     """Raise :class:`Unsupported` unless the traced graph's clean output gives the model's clean scores."""
     try:
         mine = resolved.scores(program.clean_output, n)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
         raise Unsupported(f"the traced graph's output cannot be scored ({exc})") from exc
     scale = float(clean.abs().max()) if clean.numel() else 0.0
     if mine.shape != clean.shape or not torch.allclose(mine, clean, rtol=1e-4, atol=1e-5 * (1 + scale)):

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from netvis.saliency._common import TargetLike, check_images, check_model
+from netvis.saliency._common import Select, TargetLike, check_images, check_model
 from netvis.saliency._occlusion_grid import (
     Fill,
     batched_occlusion,
@@ -34,6 +34,7 @@ def occlusion(
     progress: bool = False,
     precision: Literal["fp32", "bf16"] = "fp32",
     engine: Literal["auto", "batched", "incremental"] = "auto",
+    select: Select = None,
 ) -> torch.Tensor:
     r"""Occlusion sensitivity map: the class score while a patch of the image is hidden.
 
@@ -85,6 +86,9 @@ def occlusion(
             ``"batched"`` with a warning for models it cannot trace); ``"auto"`` picks ``"incremental"``
             where it saves work (fp32, the model traces, the window is small relative to the image and
             the job is large), else ``"batched"``.
+        select: which part of the model's output holds the scores: ``None`` (a tensor, or the
+            ``logits``/``out`` entry of a dict, dataclass or Hugging Face output), a key or attribute
+            name, a tuple position or a callable (see :func:`netvis.saliency._common.select_output`).
 
     Returns:
         ``(N, H', W')``, or ``(N, H, W)`` with ``upsample=True``, on ``x``'s device (float32, or float64
@@ -108,6 +112,7 @@ def occlusion(
     if engine != "batched":
         return run_occlusion(model, x, target, window=(kh, kw), stride=(sh, sw), fill=fill, output=output,
                              upsample=upsample, batch_size=batch_size, progress=progress, precision=precision,
-                             engine=engine)
+                             engine=engine, select=select)
     return batched_occlusion(model, x, target, window=(kh, kw), stride=(sh, sw), grid=grid, fill=fill, output=output,
-                             upsample=upsample, batch_size=batch_size, progress=progress, precision=precision)
+                             upsample=upsample, batch_size=batch_size, progress=progress, precision=precision,
+                             select=select)
