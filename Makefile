@@ -27,12 +27,15 @@ demo: venv
 test: venv
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
-# ruff, then the import contracts of pyproject.toml ([tool.importlinter]; docs/architecture.md draws them).
+# ruff, the import contracts of pyproject.toml ([tool.importlinter]; docs/architecture.md draws them) and mypy
+# on the library ([tool.mypy]).
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) netvis-report

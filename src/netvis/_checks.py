@@ -62,7 +62,8 @@ def check_fraction(value: Any, name: str, *, closed_low: bool = False) -> float:
     """``value`` as a ``float`` in ``(0, 1]`` (``[0, 1]`` with ``closed_low``); raise ``ValueError`` otherwise."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number in {'[' if closed_low else '('}0, 1], got {value!r}")
-    low_ok = value >= 0 if closed_low else value > 0
-    if not (low_ok and value <= 1):
+    number = float(value)
+    low_ok = number >= 0 if closed_low else number > 0
+    if not (low_ok and number <= 1):
         raise ValueError(f"{name} must be in {'[' if closed_low else '('}0, 1], got {value!r}")
     return float(value)

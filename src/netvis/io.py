@@ -71,7 +71,7 @@ class DiskFullError(OSError):
         self.filename = os.fspath(path)
 
     def __str__(self) -> str:
-        return self.strerror
+        return self.strerror or ""
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -102,7 +102,7 @@ def choose(labels: np.ndarray, per_class: int, *, split: str, seed: int = SEED) 
     Returns:
         Sorted ``int64`` indices, ``per_class`` times the number of classes.
     """
-    chosen = []
+    chosen: list[int] = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         if len(members) < per_class:

@@ -30,7 +30,7 @@ def _pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
     if isinstance(size, int):
-        pair = (size, size)
+        pair: tuple[int, ...] = (size, size)
     else:
         pair = tuple(int(s) for s in size)
     if len(pair) != 2 or min(pair) < 1:

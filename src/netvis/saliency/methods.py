@@ -39,12 +39,13 @@ False
 
 from __future__ import annotations
 
+import builtins
 import numbers
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, cast
 
 import torch
 from torch import nn
@@ -108,14 +109,14 @@ class Option:
     """
 
     name: str
-    type: type
+    type: builtins.type
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     nullable: bool = False
     pair: bool = False
-    extra: tuple[type, ...] = ()
+    extra: tuple[builtins.type, ...] = ()
     cli: bool = True
     flag: str | None = None
 
@@ -219,7 +220,7 @@ class Method:
     title: str = ""
     paper: str = ""
     options: tuple[Option, ...] = ()
-    typed: type | None = None
+    typed: builtins.type | None = None
     precisions: tuple[str, ...] = ("fp32",)
     batch_size: BatchSizeSupport = "chunked"
     batch_size_default: int | None = None
@@ -382,9 +383,10 @@ def _target_rows(target: TargetLike, start: int, stop: int, n: int) -> TargetLik
         return target
     if not isinstance(target, Sequence) and not hasattr(target, "__getitem__"):
         return target  # not a per-image target; the function explains what is wrong with it
-    if len(target) != n:
-        raise ValueError(f"target has {len(target)} entries for {n} images")
-    return target[start:stop] if hasattr(target, "shape") else list(target)[start:stop]
+    rows = cast(Any, target)
+    if len(rows) != n:
+        raise ValueError(f"target has {len(rows)} entries for {n} images")
+    return rows[start:stop] if hasattr(rows, "shape") else list(rows)[start:stop]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -605,11 +607,12 @@ _REDUCE = Option("reduce", str, None, "reduce the channels: max or sum (default:
                  choices=("max", "sum"), nullable=True)
 _LAYER = Option("layer", str, None, "the layer (dotted name; default the last convolutional stage)", nullable=True,
                 extra=(nn.Module,))
+_CALLABLE = cast(builtins.type, Callable)  # isinstance(f, Callable): any callable
 _SELECT = Option("select", str, None, "which part of the model's output holds the scores: a key or attribute name, "
                  "a position or a callable (default: a tensor, or its logits/out entry)", nullable=True,
-                 extra=(numbers.Integral, Callable), cli=False)
+                 extra=(numbers.Integral, _CALLABLE), cli=False)
 _RESHAPE = Option("reshape", str, "auto", "the layer output's layout: auto, nchw, nhwc, tokens or a callable",
-                  choices=("auto", "nchw", "nhwc", "tokens"), extra=(Callable,), cli=False)
+                  choices=("auto", "nchw", "nhwc", "tokens"), extra=(_CALLABLE,), cli=False)
 _INTERPOLATION = Option("interpolation", str, "bilinear", "how the Grad-CAM map is upsampled",
                         choices=("bilinear", "nearest", "bicubic", "area"))
 
