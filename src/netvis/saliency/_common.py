@@ -206,7 +206,7 @@ def resolve_target(target: TargetLike, outputs: Any, n: int, select: Select = No
                 f"a numpy target must hold integer class indices, got dtype {target.dtype} "
                 "(convert with target.astype(int))"
             )
-        target = torch.from_numpy(np.ascontiguousarray(target).astype(np.int64))
+        target = torch.from_numpy(np.array(target, dtype=np.int64))
     if isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"a target tensor must hold integer class indices, got dtype {target.dtype}")

@@ -138,6 +138,10 @@ def _declared_size(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+class _ProbeFailed(Exception):
+    """The model's forward pass raised on the probe input."""
+
+
 @dataclass
 class _Candidate:
     name: str
@@ -165,7 +169,10 @@ def _spatial_candidates(
     prefix = prefix if isinstance(prefix, int) else None
     xi = x.detach().clone().requires_grad_(True)
     with record_calls(model) as calls:
-        outputs = model(xi.clone())
+        try:
+            outputs = model(xi.clone())
+        except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as exc:
+            raise _ProbeFailed(str(exc)) from exc
     scores = select_output(outputs, select, classes=True)
     if not isinstance(scores, torch.Tensor) or not scores.requires_grad:
         raise ValueError(
@@ -273,19 +280,17 @@ def default_layer(model: nn.Module, x: torch.Tensor | None = None, *, select: Se
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         probes = [torch.randn((1, _channels(model), *s), generator=gen).to(device, dtype) for s in sizes]
     name = type(model).__name__
-    errors = []
     with eval_session(model, grad=True):
         for probe in probes:
             try:
                 candidates, score = _spatial_candidates(model, probe, select)
-            except (RuntimeError, ValueError, TypeError) as exc:
+            except _ProbeFailed as exc:
                 if x is not None or probe is probes[-1]:
                     raise ValueError(
                         f"cannot find a Grad-CAM layer of {name}: the forward pass on "
                         f"{'the inputs' if x is not None else 'a probe of shape ' + str(tuple(probe.shape))} "
                         f"failed ({exc}); pass x= (an example input) or layer="
                     ) from exc
-                errors.append(exc)
                 continue
             chosen = None
             for one in score:
