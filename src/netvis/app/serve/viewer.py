@@ -410,7 +410,7 @@ class Viewer:
         colour conversion work on a small copy and a 4096 x 4096 upload costs little memory beyond its pixels.
         """
         channels, height, width = (int(s) for s in self.images.shape[1:])
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # no copy of a large image
         factor = min(image.width // (2 * width), image.height // (2 * height))
         if factor >= 2:
             if image.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "F"):
