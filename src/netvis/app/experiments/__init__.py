@@ -7,6 +7,7 @@
 ``bias``                  a planted spurious cue, and whether saliency maps reveal it
 ``sanity``                model and label randomisation tests for saliency maps (Adebayo et al. 2018)
 ``faithfulness``          deletion and insertion curves (Petsiuk et al. 2018)
+``localization``          pointing game, energy and AUC of every method against wafer-map defect masks
 ========================  =============================================================================
 
 Each runs in a ``"fast"`` setting (a CPU, the Fashion-MNIST sample shipped with netvis) and a ``"full"``
@@ -41,6 +42,7 @@ _TABLE = {
     "bias": "netvis.app.experiments.bias",
     "sanity": "netvis.app.experiments.sanity",
     "faithfulness": "netvis.app.experiments.faithfulness",
+    "localization": "netvis.app.experiments.localization",
 }
 
 __all__ = ["get", "list_experiments", "run"]
