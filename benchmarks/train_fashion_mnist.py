@@ -23,8 +23,8 @@ import time
 
 import torch
 
+from netvis.devices import resolve_device
 from netvis.train import TrainConfig, train
-from netvis.train.distributed import resolve_device
 
 MODELS = {
     "resnet18": {"stem": "cifar"},

@@ -26,8 +26,8 @@ import time
 import torch
 import torchvision
 
+from netvis.devices import resolve_device
 from netvis.models import create
-from netvis.train.distributed import resolve_device
 from netvis.train.evaluate import autocast_context
 
 MODELS = {"resnet18": torchvision.models.resnet18, "densenet121": torchvision.models.densenet121}
