@@ -161,6 +161,81 @@ def test_recalibrate_errors():
         recalibrate(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)), [{"x": 1}])
 
 
+def _bn_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(f"{name}.{b}", buf.clone()) for name, m in bn_layers(model) for b, buf in m.named_buffers()]
+
+
+def _assert_same_bn_state(a: list, b: list) -> None:
+    assert [n for n, _ in a] == [n for n, _ in b]
+    for (name, x), (_, y) in zip(a, b, strict=True):
+        assert x.dtype == y.dtype and torch.equal(x, y), name  # bit for bit
+
+
+@pytest.mark.parametrize("kind", ["generator", "iter", "map", "dataloader_iterator"])
+def test_recalibrate_from_a_one_shot_iterator_equals_the_list(net_and_data, kind):
+    net, images = net_and_data
+    batches = [images[:10], images[10:25], images[25:]]
+    from_list = recalibrate(copy.deepcopy(net), batches)
+    one_shot = {
+        "generator": (b for b in batches),
+        "iter": iter(batches),
+        "map": map(lambda b: (b, torch.zeros(len(b))), batches),  # (inputs, labels) pairs
+        "dataloader_iterator": iter(DataLoader(TensorDataset(images), batch_size=10)),
+    }[kind]
+    got = recalibrate(copy.deepcopy(net), one_shot)
+    if kind == "dataloader_iterator":  # other batch boundaries: equal up to float rounding
+        for (n1, a), (_, b) in zip(_bn_state(from_list), _bn_state(got), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n1)
+    else:
+        _assert_same_bn_state(_bn_state(from_list), _bn_state(got))
+    reference = _brute_force(net, images, ["bn1", "bn2", "bn_fc"])
+    for name, (mean, var) in reference.items():
+        torch.testing.assert_close(got.get_submodule(name).running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.get_submodule(name).running_var.double(), var, rtol=1e-5, atol=1e-6)
+
+
+def test_recalibrate_from_an_empty_generator_changes_nothing(net_and_data):
+    net, _ = net_and_data
+    before = _bn_state(net)
+    with pytest.raises(ValueError, match="data is empty"):
+        recalibrate(net, (b for b in []))
+    _assert_same_bn_state(before, _bn_state(net))
+
+
+@pytest.mark.parametrize("one_shot", [False, True])
+def test_a_failure_midway_restores_every_bn_buffer(net_and_data, one_shot):
+    net, images = net_and_data
+    net.train()
+    net.bn2.eval()
+    net.bn1.momentum = 0.3
+    net.bn_fc.momentum = None  # cumulative averaging
+    before = _bn_state(net)
+    modes = [m.training for m in net.modules()]
+    # conv2 runs in the pass that finds the forward order, then in no pass before bn2's (bn1's stops at
+    # bn1): its second call comes once bn1 has new statistics, and fails
+    seen = []
+
+    def fail(_module, _args):
+        seen.append(not torch.equal(net.bn1.running_mean, dict(before)["bn1.running_mean"]))
+        if len(seen) > 1:
+            raise RuntimeError("a bad batch")
+
+    handle = net.conv2.register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="a bad batch"):
+            recalibrate(net, iter([images[:20], images[20:]]) if one_shot else [images[:20], images[20:]])
+    finally:
+        handle.remove()
+    assert seen == [False, True]  # bn1 had been changed when the error came
+    _assert_same_bn_state(before, _bn_state(net))
+    assert net.bn1.momentum == 0.3 and net.bn_fc.momentum is None
+    assert [m.training for m in net.modules()] == modes
+    # a batch of another type midway
+    with pytest.raises(TypeError, match="each batch must be a tensor"):
+        recalibrate(net, [images[:20], "not a batch"])
+    _assert_same_bn_state(before, _bn_state(net))
+
+
 def test_is_batchnorm_duck_typing():
     class MyBN(nn.Module):
         def __init__(self):

@@ -229,15 +229,19 @@ def recalibrate(
 
     Everything but the BN statistics is left as it was: train/eval mode of every submodule,
     ``requires_grad``, gradients, hooks (only temporary hooks are added and always removed), and
-    ``num_batches_tracked``. Layers built with ``track_running_stats=False`` have no statistics and are
+    ``num_batches_tracked``. If anything fails midway (a bad batch, an interrupt), every BN layer's
+    buffers, momentum and mode are restored bit for bit before the error propagates. Layers built
+    with ``track_running_stats=False`` have no statistics and are
     skipped.
 
     Args:
         model: the network; its BN layers' ``running_mean`` and ``running_var`` are overwritten in place.
         data: a ``DataLoader``, a ``Dataset`` (batched here, in order, with ``batch_size``) or any
-            other iterable of batches, e.g. a list of tensors; a batch is an input tensor
-            ``(B, C, H, W)`` or a tuple whose first element is one (``(images, labels)``). Use the
-            normalised training images without random augmentation.
+            other iterable of batches: a list of tensors, a generator; a batch is an input tensor
+            ``(B, C, H, W)`` or a tuple whose first element is one (``(images, labels)``). Every layer
+            needs one pass over the data: a re-iterable source is iterated once per layer, a one-shot
+            iterator (a generator) is read once and its batches kept in memory for the other passes.
+            Use the normalised training images without random augmentation.
         batch_size: batch size when ``data`` is a ``Dataset``. Results do not depend on it.
         device: where to run the forward passes; default the model's device. The model must already
             be there (it is not moved).
@@ -271,54 +275,102 @@ def recalibrate(
             f"{type(model).__name__} has no batch normalization layer with running statistics to recalibrate"
         )
     device = device_for(model, device)
-    loader = _as_loader(data, batch_size)
-
-    def batches() -> Iterator[Tensor]:
-        count = 0
-        for batch in loader:
-            count += 1
-            yield _inputs_of(batch).to(device)
-        if count == 0:
-            raise ValueError("data is empty: there is nothing to compute statistics over")
-
-    with _modes(model, training=False), torch.no_grad():
-        first = next(iter(batches()))
-        layers = _forward_order(model, layers, first)
-        progress_bar = None
-        if progress:
-            progress_bar = tqdm(total=len(layers), desc="recalibrating BN", unit="layer")
-        try:
-            for name, layer in layers:
-                moments = _Moments()
-
-                def hook(_module, args, moments=moments):
-                    moments.add(args[0])
-                    raise StopForward
-
-                handle = layer.register_forward_pre_hook(hook)
-                try:
-                    for x in batches():
-                        try:
-                            model(x)
-                        except StopForward:
-                            pass
-                finally:
-                    handle.remove()
-                if moments.count == 0:
-                    # The forward pass never reached this layer: leave its statistics alone.
-                    continue
-                try:
-                    mean, var = moments.result()
-                except ValueError as exc:
-                    raise ValueError(f"cannot recalibrate BN layer {name!r}: {exc}") from exc
-                layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
-                layer.running_var.copy_(var.to(layer.running_var.dtype))
-                if progress_bar is not None:
-                    progress_bar.update(1)
-        finally:
-            if progress_bar is not None:
-                progress_bar.close()
+    source = _Batches(_as_loader(data, batch_size))
+    saved = _save_bn_state([layer for _, layer in layers])
+    try:
+        with _modes(model, training=False), torch.no_grad():
+            first = next(source.once(device), None)
+            if first is None:
+                raise ValueError("data is empty: there is nothing to compute statistics over")
+            layers = _forward_order(model, layers, first)
+            _recalibrate_in_order(model, layers, source, device, progress)
+    except BaseException:
+        _restore_bn_state(saved)
+        raise
     return model
+
+
+class _Batches:
+    """The batches of ``data``, readable once per BN layer.
+
+    A re-iterable source (a list, a ``DataLoader``, a ``Dataset`` batched here) is iterated again for
+    each pass. A one-shot iterator (a generator, ``iter(...)``) is read once, and its batches are kept
+    (as given, on their own device) for the later passes.
+    """
+
+    def __init__(self, loader: Iterable) -> None:
+        self._loader = loader
+        self._one_shot = isinstance(loader, Iterator)  # generators, iter(...): readable once
+        self._kept: list[Any] | None = None
+
+    def once(self, device: torch.device) -> Iterator[Tensor]:
+        """One pass: every batch's input tensor on ``device``."""
+        if self._one_shot:
+            if self._kept is None:
+                self._kept = list(self._loader)
+            batches: Iterable = self._kept
+        else:
+            batches = self._loader
+        for batch in batches:
+            yield _inputs_of(batch).to(device)
+
+
+def _save_bn_state(layers: list[nn.Module]) -> list[tuple[nn.Module, dict[str, Tensor], Any, bool]]:
+    """Copies of every buffer (running statistics, ``num_batches_tracked``), the momentum and the mode."""
+    return [
+        (layer, {name: buf.detach().clone() for name, buf in layer.named_buffers(recurse=False)},
+         getattr(layer, "momentum", None), layer.training)
+        for layer in layers
+    ]
+
+
+def _restore_bn_state(saved: list[tuple[nn.Module, dict[str, Tensor], Any, bool]]) -> None:
+    with torch.no_grad():
+        for layer, buffers, momentum, training in saved:
+            for name, value in buffers.items():
+                getattr(layer, name).copy_(value)
+            if hasattr(layer, "momentum"):
+                layer.momentum = momentum
+            layer.training = training
+
+
+def _recalibrate_in_order(
+    model: nn.Module, layers: list[tuple[str, nn.Module]], source: _Batches, device: torch.device,
+    progress: bool,
+) -> None:
+    """Each layer in turn: its input's exact statistics over one pass of ``source``, then stored."""
+    progress_bar = tqdm(total=len(layers), desc="recalibrating BN", unit="layer") if progress else None
+    try:
+        for name, layer in layers:
+            moments = _Moments()
+
+            def hook(_module, args, moments=moments):
+                moments.add(args[0])
+                raise StopForward
+
+            handle = layer.register_forward_pre_hook(hook)
+            try:
+                for x in source.once(device):
+                    try:
+                        model(x)
+                    except StopForward:
+                        pass
+            finally:
+                handle.remove()
+            if moments.count == 0:
+                # The forward pass never reached this layer: leave its statistics alone.
+                continue
+            try:
+                mean, var = moments.result()
+            except ValueError as exc:
+                raise ValueError(f"cannot recalibrate BN layer {name!r}: {exc}") from exc
+            layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
+            layer.running_var.copy_(var.to(layer.running_var.dtype))
+            if progress_bar is not None:
+                progress_bar.update(1)
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
 
 
 # --------------------------------------------------------------------------------------------------
