@@ -59,6 +59,7 @@ from netvis.app.serve.schema import (
     validate_job,
 )
 from netvis.data import load
+from netvis.devices import resolve_device
 from netvis.features import dataset_examples, filter_visualization, receptive_field
 from netvis.hooks import capture_activation, eval_session
 from netvis.inversion import invert, pixel_bounds
@@ -209,9 +210,7 @@ class Viewer:
             run_dir = Path(os.fspath(checkpoint)) if isinstance(checkpoint, (str, os.PathLike)) else None
             cache = run_dir / ".netvis-cache" if run_dir is not None and run_dir.is_dir() else default_cache_dir()
         self.cache = Cache(cache, self.checkpoint_hash)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model: nn.Module = ckpt.model.to(self.device).eval()
         self.model_lock = threading.Lock()
 
