@@ -20,7 +20,15 @@ from netvis.models import BatchNorm2d as NetvisBatchNorm2d
 from netvis.models import densenet, resnet
 from netvis.saliency import incremental
 from netvis.saliency._fx_regions import _grow
-from netvis.saliency.incremental import IncrementalFallbackWarning, incremental_occlusion, run_occlusion, ssim
+from netvis.saliency.incremental import (
+    Calibration,
+    IncrementalFallbackWarning,
+    approximate_occlusion,
+    calibrate_occlusion,
+    incremental_occlusion,
+    run_occlusion,
+    ssim,
+)
 from netvis.saliency.occlusion import occlusion
 
 
@@ -409,7 +417,113 @@ def test_invalid_options():
         incremental_occlusion(model, x, 1, window=4, tau=0)
     with pytest.raises(ValueError, match="drilldown_fraction"):
         incremental_occlusion(model, x, 1, window=4, stride=2, drilldown=4, drilldown_fraction=1.5)
-    with pytest.raises(ValueError, match="not both"):
-        incremental_occlusion(model, x, 1, window=4, stride=2, drilldown=4, tau=0.5)
     with pytest.raises(ValueError, match="precision"):
         occlusion(model, x, 1, window=4, engine="incremental", precision="bf16")
+
+
+# ----------------------------------------------------------------------------------------------------
+# approximation with a quality contract
+# ----------------------------------------------------------------------------------------------------
+
+
+def blob_detector() -> nn.Sequential:
+    """A hand-built model: two 5x5 box filters with ReLUs, global average pooling, a fixed 2-way head."""
+    conv1, conv2 = nn.Conv2d(1, 2, 5, padding=2), nn.Conv2d(2, 2, 5, padding=2)
+    with torch.no_grad():
+        conv1.weight.copy_(torch.stack([torch.full((1, 5, 5), 1 / 25), torch.full((1, 5, 5), -1 / 25)]))
+        conv1.bias.copy_(torch.tensor([-0.1, 0.3]))
+        conv2.weight.zero_()
+        conv2.weight[0, 0] = 1 / 25
+        conv2.weight[1, 1] = 1 / 25
+        conv2.bias.zero_()
+    head = nn.Linear(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[4.0, 0.0], [0.0, 4.0]]))
+        head.bias.zero_()
+    return nn.Sequential(conv1, nn.ReLU(), conv2, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+
+
+def blobs(n: int, seed: int, size: int = 32) -> torch.Tensor:
+    """Images of one bright Gaussian blob at a random place, plus faint noise."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    out = []
+    for _ in range(n):
+        cy, cx = (torch.rand(2, generator=g) * (size - 12) + 6).tolist()
+        sigma = float(torch.rand(1, generator=g)) * 2 + 2.5
+        img = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+        out.append(img + 0.02 * torch.rand(size, size, generator=g))
+    return torch.stack(out)[:, None]
+
+
+def test_tau_and_drilldown_combine():
+    model = blob_detector()
+    x = blobs(2, 0)
+    options = {"window": 4, "stride": 2, "output": "drop"}
+    # a threshold that cuts nothing plus a drill-down is the drill-down alone
+    both, report = incremental_occlusion(model, x, 0, tau=1.0, drilldown=4, drilldown_fraction=0.3, report=True,
+                                         **options)
+    alone = incremental_occlusion(model, x, 0, drilldown=4, drilldown_fraction=0.3, **options)
+    assert report.mode == "threshold+drilldown"
+    assert_same_map(both, alone)
+
+
+def test_contract_is_met_on_calibration_and_held_out_images():
+    model = blob_detector()
+    before = fingerprint(model)
+    calibration, held_out = blobs(3, 1), blobs(6, 2)
+    options = {"window": 4, "stride": 2, "output": "drop"}
+    cal = calibrate_occlusion(model, calibration, 0, min_ssim=0.9, margin=0.03, **options)
+    assert isinstance(cal, Calibration) and cal.met and not cal.setting.exact
+    assert cal.cost < 1 and any(t["met"] for t in cal.tried)
+    # recompute both maps independently: exact by batched re-inference, the approximation by its options
+    for images in (calibration, held_out):
+        exact = batched(model, images, 0, **options)
+        approx = incremental_occlusion(model, images, 0, **cal.setting.options((2, 2)), **options)
+        got = ssim(approx, exact)
+        assert float(got.min()) >= 0.9, (cal.setting, got)
+    assert all(s >= 0.93 for s in cal.ssim)
+    maps, report = approximate_occlusion(model, held_out, 0, min_ssim=0.9, calibration=cal, verify=True, **options)
+    assert min(report.ssim) >= 0.9 and report.details["contract"]["fallback"] is None
+    assert report.positions < report.total_positions or report.macs_fraction < 1
+    assert_untouched(before, model)
+
+
+def test_max_error_contract():
+    model = blob_detector()
+    x = blobs(4, 3)
+    options = {"window": 4, "stride": 2, "output": "drop"}
+    maps, report = approximate_occlusion(model, x, 0, max_error=0.05, calibration_images=2, **options)
+    exact = batched(model, x, 0, **options)
+    cal = report.details["calibration"]
+    assert max(cal["error"]) <= 0.05
+    for i in range(2):  # the calibration images: the bound holds there
+        span = float(exact[i].max() - exact[i].min())
+        assert float((maps[i] - exact[i]).abs().max()) <= 0.05 * span + 1e-6
+
+
+def test_unreachable_contract_falls_back_to_exact():
+    model = small_cnn(classes=5).eval()
+    x = torch.rand(2, 3, 16, 16)
+    options = {"window": 4, "stride": 2, "output": "drop"}
+    maps, report = approximate_occlusion(model, x, 1, min_ssim=1.0, max_error=0.0, **options)
+    assert report.mode == "exact" and report.details["contract"]["fallback"] == "exact"
+    assert report.details["calibration"]["met"] is False and report.details["calibration"]["tried"]
+    assert_same_map(maps, batched(model, x, 1, **options))
+
+
+def test_contract_arguments_and_reuse_checks():
+    model = blob_detector()
+    x = blobs(2, 4)
+    options = {"window": 4, "stride": 2, "output": "drop"}
+    with pytest.raises(ValueError, match="min_ssim"):
+        approximate_occlusion(model, x, 0, **options)
+    with pytest.raises(ValueError, match="min_ssim must be"):
+        calibrate_occlusion(model, x, 0, min_ssim=1.5, **options)
+    with pytest.raises(ValueError, match="max_error"):
+        calibrate_occlusion(model, x, 0, max_error=-1, **options)
+    cal = calibrate_occlusion(model, x, 0, min_ssim=0.8, **options)
+    with pytest.raises(ValueError, match="calibrate again"):
+        approximate_occlusion(model, x, 0, min_ssim=0.8, calibration=cal, window=6, stride=2, output="drop")
+    with pytest.raises(ValueError, match="weaker"):
+        approximate_occlusion(model, x, 0, min_ssim=0.95, calibration=cal, **options)

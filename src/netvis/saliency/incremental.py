@@ -55,8 +55,12 @@ from netvis.saliency._occlusion_grid import Fill, batched_occlusion, check_argum
 __all__ = [
     "AUTO_MAX_MACS_FRACTION",
     "AUTO_MIN_MACS",
+    "Approximation",
+    "Calibration",
     "IncrementalFallbackWarning",
     "OcclusionReport",
+    "approximate_occlusion",
+    "calibrate_occlusion",
     "incremental_occlusion",
     "ssim",
 ]
@@ -85,7 +89,8 @@ class OcclusionReport:
 
     Attributes:
         engine: ``"incremental"`` or ``"batched"``.
-        mode: ``"exact"``, ``"threshold"`` (projective-field thresholding) or ``"drilldown"``.
+        mode: ``"exact"``, ``"threshold"`` (projective-field thresholding), ``"drilldown"`` or both
+            (``"threshold+drilldown"``: the drill-down's passes run on the thresholded plan).
         reason: why batched re-inference was used (``None`` when the incremental engine ran).
         positions: occluded images evaluated (over all images).
         total_positions: ``N * H' * W'``, the positions of the full grid.
@@ -399,8 +404,6 @@ def _check_options(tau: Any, drilldown: Any, fraction: Any, stride: tuple[int, i
         raise ValueError(f"drilldown_fraction must be in (0, 1], got {fraction!r}")
     if drilldown is None:
         return None
-    if tau is not None:
-        raise ValueError("choose one approximation: tau or drilldown, not both")
     coarse = (drilldown, drilldown) if isinstance(drilldown, numbers.Integral) else tuple(drilldown)
     if len(coarse) != 2 or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in coarse):
         raise TypeError(f"drilldown must be an int or a pair of ints (a coarse stride), got {drilldown!r}")
@@ -519,8 +522,12 @@ def run_occlusion(
     drilldown_fraction: float = 0.25,
     report: bool = False,
     select: Select = None,
+    reference: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, OcclusionReport]:
     """:func:`incremental_occlusion` with the engine choice of :func:`netvis.saliency.occlusion`.
+
+    ``reference=False`` skips the exact reference run that ``report=True`` makes for the approximate modes
+    (the report then has no ``ssim``).
 
     ``engine="auto"`` runs the incremental engine when the model traces, the precision is fp32, its
     plan needs at most :data:`AUTO_MAX_MACS_FRACTION` of batched re-inference's multiply-accumulates and
@@ -535,7 +542,8 @@ def run_occlusion(
     n, _, h, w = x.shape
     factors = _check_options(tau, drilldown, drilldown_fraction, (sh, sw))
     approximate = tau is not None or factors is not None
-    mode = "threshold" if tau is not None else "drilldown" if factors is not None else "exact"
+    modes = [name for name, on in (("threshold", tau is not None), ("drilldown", factors is not None)) if on]
+    mode = "+".join(modes) or "exact"
     if precision != "fp32" and engine == "incremental":
         raise ValueError("the incremental engine computes in the model's precision; use precision='fp32'")
     x = x.detach()
@@ -578,15 +586,15 @@ def run_occlusion(
                 else:
                     maps, info.positions = _drilldown(runner, n, hp, wp, factors, drilldown_fraction, base.view(n))
                 info.seconds = time.perf_counter() - start
-                if report and approximate:
+                if report and approximate and reference:
                     exact_runner = runner if tau is None else _Runner(
                         program, plan_regions(program, tops, lefts, (kh, kw), None), fills, (kh, kw), x.device,
                         resolved, batch_size, progress, dtype)
                     exact = exact_runner.scores(*_all_pairs(n, hp * wp, x.device)).view(n, hp, wp)
                     info.max_abs_diff = float((maps - exact).abs().max())
                     if min(hp, wp) >= 3:  # on the maps returned: scores or drops
-                        shown, reference = (base - maps, base - exact) if output == "drop" else (maps, exact)
-                        info.ssim = [float(v) for v in ssim(shown, reference).reshape(-1)]
+                        shown, exact_shown = (base - maps, base - exact) if output == "drop" else (maps, exact)
+                        info.ssim = [float(v) for v in ssim(shown, exact_shown).reshape(-1)]
                 if output == "drop":
                     maps = base - maps
                 if upsample:
@@ -685,3 +693,410 @@ def _drilldown(runner: _Runner, n: int, hp: int, wp: int, factors: tuple[int, in
     if len(image):
         flat[image, position] = runner.scores(image, position)
     return flat.view(n, hp, wp), n * pc + len(image)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Approximation with a quality contract
+# ----------------------------------------------------------------------------------------------------
+
+DEFAULT_TAUS: tuple[float | None, ...] = (None, 0.7, 0.5, 0.35, 0.25)
+"""Projective-field thresholds :func:`calibrate_occlusion` tries (``None``: no thresholding)."""
+
+DEFAULT_DRILLDOWNS: tuple[tuple[int, float] | None, ...] = (
+    None, (2, 0.4), (2, 0.25), (2, 0.15), (2, 0.08), (3, 0.25), (3, 0.15), (3, 0.08), (4, 0.15), (4, 0.08),
+)
+"""Drill-down settings :func:`calibrate_occlusion` tries: ``(factor, fraction)`` means a coarse stride of
+``factor * stride`` and the fine grid on ``fraction`` of the positions (``None``: no drill-down)."""
+
+
+@dataclass(frozen=True)
+class Approximation:
+    """One approximate setting of :func:`incremental_occlusion`.
+
+    Attributes:
+        tau: projective-field threshold, or ``None``.
+        factor: drill-down coarse stride as a multiple of the stride, or ``None``.
+        fraction: drill-down share of the fine grid.
+    """
+
+    tau: float | None = None
+    factor: int | None = None
+    fraction: float = 0.25
+
+    @property
+    def exact(self) -> bool:
+        return self.tau is None and self.factor is None
+
+    def options(self, stride: tuple[int, int]) -> dict[str, Any]:
+        """The keyword options of :func:`incremental_occlusion` for this setting."""
+        drill = None if self.factor is None else (self.factor * stride[0], self.factor * stride[1])
+        return {"tau": self.tau, "drilldown": drill, "drilldown_fraction": self.fraction}
+
+    def name(self) -> str:
+        parts = [] if self.tau is None else [f"tau={self.tau:g}"]
+        if self.factor is not None:
+            parts.append(f"drilldown={self.factor}x stride, fraction={self.fraction:g}")
+        return ", ".join(parts) or "exact"
+
+
+@dataclass
+class Calibration:
+    """What :func:`calibrate_occlusion` found: the cheapest setting that meets the contract on its images.
+
+    Attributes:
+        setting: the chosen :class:`Approximation` (``exact`` when nothing cheaper met the contract).
+        met: whether an approximate setting met the contract (``False``: the exact engine is used).
+        min_ssim, max_error, margin: the contract (``None`` for a bound not asked for).
+        ssim: per calibration image, the :func:`ssim` of the chosen setting's map against the exact map
+            (1 for the exact fallback).
+        error: per calibration image, the largest absolute difference as a share of the exact map's range.
+        cost: estimated multiply-accumulates of the chosen setting as a share of the exact incremental
+            engine's (the plan's share times the positions evaluated, at most).
+        tried: every setting evaluated, cheapest first: its name, cost, worst SSIM and worst error.
+        window, stride, fill, output: the occlusion arguments calibrated for.
+        image_shape: ``(C, H, W)`` of the calibration images.
+        engine: ``"incremental"``, or ``"batched"`` when the model cannot run incrementally (then only the
+            exact map is possible).
+        seconds: wall time of the calibration.
+    """
+
+    setting: Approximation
+    met: bool
+    min_ssim: float | None
+    max_error: float | None
+    margin: float
+    ssim: list[float]
+    error: list[float]
+    cost: float
+    tried: list[dict[str, Any]]
+    window: tuple[int, int]
+    stride: tuple[int, int]
+    fill: Any
+    output: str
+    image_shape: tuple[int, ...]
+    engine: str = "incremental"
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary."""
+        return {
+            "setting": self.setting.name(), "tau": self.setting.tau, "drilldown_factor": self.setting.factor,
+            "drilldown_fraction": self.setting.fraction, "met": self.met, "min_ssim": self.min_ssim,
+            "max_error": self.max_error, "margin": self.margin, "ssim": list(self.ssim), "error": list(self.error),
+            "cost": self.cost, "tried": list(self.tried), "engine": self.engine, "seconds": self.seconds,
+            "calibration_images": len(self.ssim), "image_shape": list(self.image_shape),
+        }
+
+
+def _check_contract(min_ssim: Any, max_error: Any, margin: Any) -> None:
+    if min_ssim is None and max_error is None:
+        raise ValueError("give the quality to meet: min_ssim (e.g. 0.9) and/or max_error")
+    if min_ssim is not None and (isinstance(min_ssim, bool) or not isinstance(min_ssim, numbers.Real)
+                                 or not -1 < min_ssim <= 1):
+        raise ValueError(f"min_ssim must be a number in (-1, 1], got {min_ssim!r}")
+    if max_error is not None and (isinstance(max_error, bool) or not isinstance(max_error, numbers.Real)
+                                  or not max_error >= 0):
+        raise ValueError(f"max_error must be a number >= 0 (a share of the exact map's range), got {max_error!r}")
+    if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not 0 <= margin < 1:
+        raise ValueError(f"margin must be a number in [0, 1), got {margin!r}")
+
+
+def _map_errors(approx: torch.Tensor, exact: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per image: SSIM against the exact map, and the largest difference as a share of its range."""
+    a, e = approx.to(torch.float64), exact.to(torch.float64)
+    if min(e.shape[-2:]) >= 3:
+        s = [float(v) for v in ssim(a, e).reshape(-1)]
+    else:  # too small for SSIM's windows: only the error bound means something
+        s = [1.0 if torch.equal(ai, ei) else -1.0 for ai, ei in zip(a, e, strict=True)]
+    span = (e.flatten(1).amax(1) - e.flatten(1).amin(1)).clamp_min(1e-12)
+    err = ((a - e).abs().flatten(1).amax(1) / span).tolist()
+    return s, err
+
+
+def _candidates(taus: Any, drilldowns: Any, hp: int, wp: int) -> list[Approximation]:
+    out = []
+    for tau in taus:
+        for drill in drilldowns:
+            if drill is None:
+                out.append(Approximation(tau=tau))
+                continue
+            factor, fraction = drill
+            if (hp - 1) // factor + 1 < 2 or (wp - 1) // factor + 1 < 2:
+                continue  # the coarse grid would have a single row or column
+            out.append(Approximation(tau=tau, factor=int(factor), fraction=float(fraction)))
+    return [c for c in out if not c.exact]
+
+
+def _positions(setting: Approximation, hp: int, wp: int) -> int:
+    """The most positions a setting evaluates per image (coarse grid plus the drilled-down share)."""
+    if setting.factor is None:
+        return hp * wp
+    coarse = ((hp - 1) // setting.factor + 1) * ((wp - 1) // setting.factor + 1)
+    return min(hp * wp, coarse + math.ceil(setting.fraction * hp * wp))
+
+
+def calibrate_occlusion(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: TargetLike = None,
+    *,
+    min_ssim: float | None = None,
+    max_error: float | None = None,
+    margin: float = 0.0,
+    window: int | tuple[int, int] = 8,
+    stride: int | tuple[int, int] | None = None,
+    fill: Fill = "mean",
+    output: Literal["score", "drop"] = "drop",
+    batch_size: int = 256,
+    taus: tuple[float | None, ...] = DEFAULT_TAUS,
+    drilldowns: tuple[tuple[int, float] | None, ...] = DEFAULT_DRILLDOWNS,
+) -> Calibration:
+    r"""Find the cheapest approximate occlusion setting that meets a quality contract on calibration images.
+
+    Computes the exact map of every calibration image with the incremental engine, then searches the
+    approximate settings -- a projective-field threshold ``tau`` from ``taus``, an adaptive drill-down
+    from ``drilldowns``, or both (Nakandala, Kumar and Papakonstantinou, SIGMOD 2019) -- by their
+    estimated cost
+
+    .. math:: c = \frac{\mathrm{MACs}_\tau}{\mathrm{MACs}_{\mathrm{exact}}} \cdot
+              \frac{\text{positions evaluated (at most)}}{H' W'},
+
+    First each approximation alone, from the cheapest of its family (smallest ``tau``; per drill-down
+    factor, the smallest fraction) up to the first that meets the contract; then, cheapest first, the
+    combinations of a threshold and a drill-down that each met it alone. It keeps the cheapest setting
+    whose maps meet the contract on *every* calibration image:
+    :math:`\mathrm{SSIM}(\tilde M, M) \ge` ``min_ssim + margin`` and
+    :math:`\max |\tilde M - M| / (\max M - \min M) \le` ``max_error`` (:math:`M` the exact map,
+    :math:`\tilde M` the approximation, both as returned: drops or scores, before upsampling). When no
+    setting cheaper than exact meets it, the exact engine is chosen (``met=False``). The guarantee holds
+    on the calibration images; ``margin`` buys headroom for other images.
+
+    Args:
+        model: a classifier.
+        images: calibration images ``(N, C, H, W)``, like the ones to explain.
+        target: as in :func:`netvis.saliency.occlusion`, for the calibration images.
+        min_ssim: the lowest SSIM accepted (e.g. 0.9).
+        max_error: the largest difference accepted, as a share of the exact map's range.
+        margin: added to ``min_ssim`` during calibration.
+        window, stride, fill, output, batch_size: as in :func:`incremental_occlusion`.
+        taus: thresholds to try (``None``: none).
+        drilldowns: ``(factor, fraction)`` drill-downs to try (``None``: none).
+
+    Returns:
+        A :class:`Calibration`; pass it to :func:`approximate_occlusion` to reuse it.
+
+    Raises:
+        ValueError: no bound given, or bounds or arguments out of range.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+        ...                       nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        >>> cal = calibrate_occlusion(model, torch.rand(2, 1, 24, 24), 0, min_ssim=0.9, window=4, stride=2)
+        >>> all(s >= 0.9 for s in cal.ssim)
+        True
+    """
+    _check_contract(min_ssim, max_error, margin)
+    check_model(model)
+    check_images(images)
+    (kh, kw), (sh, sw), (hp, wp) = check_arguments(images, window, stride, output, "fp32", batch_size)
+    start = time.perf_counter()
+    common = {"window": (kh, kw), "stride": (sh, sw), "fill": fill, "output": output, "batch_size": batch_size}
+    exact, info = run_occlusion(model, images, target, engine="incremental", report=True, **common)
+    base = {"min_ssim": None if min_ssim is None else float(min_ssim),
+            "max_error": None if max_error is None else float(max_error), "margin": float(margin),
+            "window": (kh, kw), "stride": (sh, sw), "fill": fill, "output": output,
+            "image_shape": tuple(images.shape[1:])}
+    n = images.shape[0]
+    if info.engine != "incremental":  # only batched re-inference: nothing to approximate
+        return Calibration(setting=Approximation(), met=False, ssim=[1.0] * n, error=[0.0] * n, cost=1.0, tried=[],
+                           engine=info.engine, seconds=time.perf_counter() - start, **base)
+    tops, lefts = _grid_offsets(hp, wp, (sh, sw))
+    fractions: dict[float | None, float] = {}
+    with eval_session(model, grad=False):
+        program = build_program(model, images.detach())
+        for tau in taus:
+            fractions[tau] = plan_regions(program, tops, lefts, (kh, kw), tau).macs_fraction
+    exact_fraction = fractions.get(None) or plan_regions(program, tops, lefts, (kh, kw), None).macs_fraction
+    # thresholds that cut nothing on this model plan exactly like no threshold: keep one tau per plan
+    distinct: dict[float, float | None] = {round(exact_fraction, 12): None}
+    for tau in sorted((t for t in taus if t is not None), reverse=True):
+        distinct.setdefault(round(fractions[tau], 12), tau)
+    kept_taus = tuple(distinct.values())
+    need_ssim = None if min_ssim is None else float(min_ssim) + float(margin)
+    tried: list[dict[str, Any]] = []
+    results: dict[Approximation, tuple[bool, list[float], list[float], float]] = {}
+
+    def cost_of(cand: Approximation) -> float:
+        return fractions.get(cand.tau, exact_fraction) / exact_fraction * _positions(cand, hp, wp) / (hp * wp)
+
+    def evaluate(cand: Approximation) -> bool:
+        if cand not in results:
+            approx = run_occlusion(model, images, target, engine="incremental", **cand.options((sh, sw)), **common)
+            s, err = _map_errors(approx, exact)
+            ok = (need_ssim is None or min(s) >= need_ssim) and (max_error is None or max(err) <= max_error)
+            results[cand] = (ok, s, err, cost_of(cand))
+            tried.append({"setting": cand.name(), "cost": cost_of(cand), "min_ssim": min(s), "max_error": max(err),
+                          "met": ok})
+        return results[cand][0]
+
+    # 1. each approximation alone, cheapest first within its family, up to the first that meets the
+    #    contract (a smaller tau or fraction, or a coarser drill-down, only loses quality)
+    passing: list[Approximation] = []
+    for tau in sorted(t for t in kept_taus if t is not None):
+        cand = Approximation(tau=tau)
+        if cost_of(cand) < 1 and evaluate(cand):
+            passing.append(cand)
+            break
+    singles = [c for c in _candidates((None,), drilldowns, hp, wp)]
+    for factor in sorted({c.factor for c in singles}, reverse=True):
+        for cand in sorted((c for c in singles if c.factor == factor), key=lambda c: c.fraction):
+            if cost_of(cand) < 1 and evaluate(cand):
+                passing.append(cand)
+                break
+    # 2. combinations of a threshold and a drill-down that each met the contract alone, when cheaper
+    best = min(passing, key=cost_of, default=None)
+    ok_taus = [c.tau for c in passing if c.factor is None]
+    ok_drills = [c for c in passing if c.factor is not None]
+    combos = [Approximation(tau=t, factor=d.factor, fraction=d.fraction)
+              for t in kept_taus if t is not None and ok_taus and t >= min(ok_taus) for d in ok_drills]
+    for cand in sorted(combos, key=cost_of):
+        if best is not None and cost_of(cand) >= cost_of(best):
+            break
+        if evaluate(cand):
+            best = cand
+            break
+    tried.sort(key=lambda t: t["cost"])
+    if best is None:
+        return Calibration(setting=Approximation(), met=False, ssim=[1.0] * n, error=[0.0] * n, cost=1.0,
+                           tried=tried, seconds=time.perf_counter() - start, **base)
+    _, s, err, cost = results[best]
+    return Calibration(setting=best, met=True, ssim=s, error=err, cost=cost, tried=tried,
+                       seconds=time.perf_counter() - start, **base)
+
+
+def approximate_occlusion(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: TargetLike = None,
+    *,
+    min_ssim: float | None = None,
+    max_error: float | None = None,
+    calibration: Calibration | torch.Tensor | None = None,
+    calibration_target: TargetLike = None,
+    calibration_images: int = 2,
+    margin: float = 0.0,
+    window: int | tuple[int, int] = 8,
+    stride: int | tuple[int, int] | None = None,
+    fill: Fill = "mean",
+    output: Literal["score", "drop"] = "drop",
+    upsample: bool = False,
+    batch_size: int = 256,
+    verify: bool = False,
+) -> tuple[torch.Tensor, OcclusionReport]:
+    r"""Approximate occlusion that meets a requested quality: ``min_ssim`` and/or ``max_error`` vs exact.
+
+    Calibrates (:func:`calibrate_occlusion`) on a few images -- ``calibration`` images given, or the first
+    ``calibration_images`` of ``x`` -- and maps ``x`` with the cheapest setting that met the contract
+    there, or with the exact engine when none did. A :class:`Calibration` from an earlier call is reused
+    as is (calibrate once per model and kind of image, then explain many).
+
+    The report says what was guaranteed: ``report.details["calibration"]`` holds the chosen setting,
+    the SSIM and error reached on each calibration image, the settings tried and their costs, and
+    ``report.details["contract"]`` whether the contract was met or the exact fallback ran. With
+    ``verify=True`` the exact maps of ``x`` are computed too and ``report.ssim`` / ``report.max_abs_diff``
+    give the quality reached on ``x`` itself (which costs an exact run).
+
+    Args:
+        model: a classifier.
+        x: images ``(N, C, H, W)``.
+        target: as in :func:`netvis.saliency.occlusion`.
+        min_ssim: the lowest SSIM vs the exact map accepted (e.g. 0.9).
+        max_error: the largest difference accepted, as a share of the exact map's range.
+        calibration: a :class:`Calibration` to reuse, or calibration images ``(M, C, H, W)``; ``None``:
+            the first ``calibration_images`` images of ``x``.
+        calibration_target: target of separate calibration images (default: their predicted class).
+        calibration_images: how many images of ``x`` calibrate when ``calibration`` is ``None``.
+        margin: headroom added to ``min_ssim`` during calibration.
+        window, stride, fill, output, upsample, batch_size: as in :func:`incremental_occlusion`.
+        verify: also compute the exact maps and report the quality reached on ``x``.
+
+    Returns:
+        ``(maps, report)``: maps ``(N, H', W')`` (``(N, H, W)`` with ``upsample``) and the
+        :class:`OcclusionReport` (``report.seconds`` is the map's time, without calibration).
+
+    Raises:
+        ValueError: no bound given, invalid arguments, or a reused calibration made for other
+            occlusion arguments or image shapes.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                       nn.Flatten(), nn.Linear(4, 3))
+        >>> maps, report = approximate_occlusion(model, torch.rand(3, 1, 24, 24), 0, min_ssim=0.9,
+        ...                                      window=4, stride=2)
+        >>> maps.shape, min(report.details["calibration"]["ssim"]) >= 0.9
+        (torch.Size([3, 11, 11]), True)
+    """
+    check_images(x)
+    (kh, kw), (sh, sw), _ = check_arguments(x, window, stride, output, "fp32", batch_size)
+    if isinstance(calibration, Calibration):
+        cal = calibration
+        wanted = {"window": (kh, kw), "stride": (sh, sw), "output": output, "image_shape": tuple(x.shape[1:])}
+        got = {"window": cal.window, "stride": cal.stride, "output": cal.output, "image_shape": cal.image_shape}
+        if wanted != got or not _same_fill(cal.fill, fill):
+            raise ValueError(f"the calibration was made for {got} (fill {cal.fill!r}), not for {wanted} "
+                             f"(fill {fill!r}); calibrate again")
+        if (min_ssim is not None and (cal.min_ssim is None or cal.min_ssim < min_ssim)) or (
+                max_error is not None and (cal.max_error is None or cal.max_error > max_error)):
+            raise ValueError(f"the calibration guarantees min_ssim={cal.min_ssim}, max_error={cal.max_error}, "
+                             f"weaker than the requested min_ssim={min_ssim}, max_error={max_error}")
+    else:
+        _check_contract(min_ssim, max_error, margin)
+        if calibration is None:
+            count = calibration_images
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"calibration_images must be a positive int, got {calibration_images!r}")
+            m = min(calibration_images, x.shape[0])
+            images, cal_target = x[:m], _target_head(target, m)
+        else:
+            images, cal_target = calibration, calibration_target
+        cal = calibrate_occlusion(model, images, cal_target, min_ssim=min_ssim, max_error=max_error, margin=margin,
+                                  window=(kh, kw), stride=(sh, sw), fill=fill, output=output, batch_size=batch_size)
+    start = time.perf_counter()
+    options = {"window": (kh, kw), "stride": (sh, sw), "fill": fill, "output": output, "upsample": upsample,
+               "batch_size": batch_size}
+    if cal.setting.exact:
+        maps, report = run_occlusion(model, x, target, engine="incremental", report=True, **options)
+        if verify:
+            report.ssim = [1.0] * x.shape[0]
+            report.max_abs_diff = 0.0
+    else:
+        maps, report = run_occlusion(model, x, target, engine="incremental", report=True, reference=verify,
+                                     **cal.setting.options((sh, sw)), **options)
+    report.seconds = time.perf_counter() - start
+    report.details["calibration"] = cal.to_dict()
+    report.details["contract"] = {
+        "min_ssim": min_ssim if min_ssim is not None else cal.min_ssim,
+        "max_error": max_error if max_error is not None else cal.max_error,
+        "met_on_calibration": True,
+        "approximate": cal.met,
+        "fallback": None if cal.met else "exact",
+    }
+    return maps, report
+
+
+def _same_fill(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
+            torch.equal(a.cpu(), b.cpu()))
+    return a == b
+
+
+def _target_head(target: TargetLike, m: int) -> TargetLike:
+    """The target of the first ``m`` images."""
+    if isinstance(target, torch.Tensor) and target.dim() > 0:
+        return target[:m]
+    if isinstance(target, (list, tuple)):
+        return list(target)[:m]
+    return target
