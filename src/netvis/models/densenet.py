@@ -40,6 +40,8 @@ import torch.fx
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from netvis._checks import check_int
+
 from ._common import NormLayer, resolve_norm_layer
 from ._common import check_input as _check_input
 from ._common import make_norm as _make_norm
@@ -69,9 +71,7 @@ _STEMS = ("imagenet", "cifar")
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
     """Return ``value`` if it is an int ``>= minimum``; otherwise raise a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return value
+    return check_int(value, name, minimum=minimum)
 
 
 def _check_fraction(name: str, value: Any, low: float, high: float, *, include_low: bool,

@@ -40,6 +40,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from netvis._checks import check_positive_int
+
 from ._common import NormLayer, resolve_norm_layer
 from ._common import check_input as _check_input
 from ._common import make_norm as _make_norm
@@ -89,8 +91,7 @@ def _check_choice(option: str, value: Any, allowed: Sequence[Any]) -> None:
 
 def _check_positive_int(option: str, value: Any) -> None:
     """Raise ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) of at least 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{option} must be a positive integer; got {value!r}")
+    check_positive_int(value, option)
 
 
 def _check_stages(

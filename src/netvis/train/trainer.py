@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
 from netvis import __version__ as netvis_version
+from netvis._checks import check_positive_int
 from netvis.bn import TRAINABLE_POLICIES, set_trainable
 from netvis.data import load
 from netvis.io import atomic_write_text
@@ -158,8 +159,7 @@ class TrainConfig:
         def positive(name: str, value: Any, allow_none: bool = False) -> None:
             if value is None and allow_none:
                 return
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(value, name)
 
         positive("epochs", self.epochs)
         positive("batch_size", self.batch_size)

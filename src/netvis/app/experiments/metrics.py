@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netvis._checks import check_positive_int
 from netvis.bn import is_batchnorm
 from netvis.hooks import eval_session
 from netvis.saliency import default_layer
@@ -393,8 +394,7 @@ def perturbation_curves(
     """
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_positive_int(steps, "steps")
     n, _, h, w = x.shape
     if saliency.shape != (n, h, w):
         raise ValueError(f"saliency must be (N, H, W) = {(n, h, w)}, got {tuple(saliency.shape)}")
