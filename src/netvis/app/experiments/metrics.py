@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from netvis._checks import check_positive_int
 from netvis.bn import is_batchnorm
-from netvis.hooks import eval_session
+from netvis.hooks import call_order, eval_session
 from netvis.saliency import default_layer
 from netvis.saliency import methods as registry
 from netvis.saliency.incremental import ssim
@@ -256,20 +256,8 @@ def layer_units(model: nn.Module, x: Tensor, granularity: str = "blocks") -> lis
         expand("", model)
     else:
         raise ValueError(f"granularity must be 'stages', 'blocks' or 'layers', got {granularity!r}")
-    order: dict[int, int] = {}
-    handles = []
-    for index, (_, module) in enumerate(candidates):
-        def hook(_m, _args, index=index):
-            order.setdefault(index, len(order))
-
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with eval_session(model, grad=False):
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    called = sorted(order, key=order.__getitem__)
+    with eval_session(model, grad=False):
+        called = call_order(model, [module for _, module in candidates], x[:1])
     return [candidates[i][0] for i in called]
 
 
