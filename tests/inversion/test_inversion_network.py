@@ -150,5 +150,28 @@ def test_bad_inputs(images):
         train_inverter(model, "conv_1", images, epochs=1)
     with pytest.raises(ValueError, match="empty"):
         train_inverter(model, "relu2", images[:0], epochs=1)
-    with pytest.raises(TypeError, match="Dataset"):
+    with pytest.raises(TypeError, match="data must yield image tensors"):
         train_inverter(model, "relu2", [1, 2, 3], epochs=1)
+    with pytest.raises(TypeError, match="Dataset, a DataLoader, an iterable"):
+        train_inverter(model, "relu2", 3, epochs=1)
+    with pytest.raises(ValueError, match="empty"):
+        train_inverter(model, "relu2", (b for b in []), epochs=1)
+
+
+def test_any_iterable_of_batches_trains_the_same_inverter(images):
+    """A generator, a list of batches, a list of (images, labels) pairs and a DataLoader give the tensor's run."""
+    model = tiny_cnn().eval()
+    ref = train_inverter(model, "relu2", images, epochs=2, batch_size=16, seed=3)
+    pieces = [images[:20], images[20:]]
+    labels = torch.zeros(len(images), dtype=torch.long)
+    sources = [
+        (b for b in pieces),
+        pieces,
+        [(images[:20], labels[:20]), (images[20:], labels[20:])],
+        [img for img in images],  # single (C, H, W) images
+        torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=7),
+    ]
+    for source in sources:
+        got = train_inverter(model, "relu2", source, epochs=2, batch_size=16, seed=3)
+        assert got.history == ref.history
+        torch.testing.assert_close(got(images), ref(images), rtol=0, atol=0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -283,13 +283,34 @@ def _images_of(item: Any) -> Tensor:
     raise TypeError(f"data must yield image tensors or (image, label) pairs, got {type(item).__name__}")
 
 
+def _collect(batches: Any) -> Tensor:
+    """Every image of an iterable of batches (or of single images) as one ``(N, C, H, W)`` tensor."""
+    images = []
+    for item in batches:
+        x = _images_of(item)
+        images.append(x[None] if x.dim() == 3 else x)
+    if not images:
+        raise ValueError("data is empty")
+    shapes = {tuple(x.shape[1:]) for x in images}
+    if len(shapes) != 1 or images[0].dim() != 4:
+        raise ValueError(f"data must yield (B, C, H, W) batches or (C, H, W) images of one shape, got {shapes}")
+    return torch.cat([x.detach() for x in images])
+
+
 def _loader(data: Any, batch_size: int, generator: torch.Generator) -> torch.utils.data.DataLoader:
+    if isinstance(data, torch.utils.data.DataLoader):
+        # its dataset is re-batched here (shuffled with the seeded generator); a stream is read once
+        dataset = data.dataset
+        data = dataset if not isinstance(dataset, torch.utils.data.IterableDataset) else _collect(data)
+    elif not isinstance(data, (Tensor, torch.utils.data.Dataset)) and isinstance(data, Iterable):
+        data = _collect(data)  # a list of batches, a generator: read once, kept in memory
     if isinstance(data, Tensor):
         if data.dim() != 4:
             raise ValueError(f"an image tensor must be (N, C, H, W), got shape {tuple(data.shape)}")
         data = torch.utils.data.TensorDataset(data)
     if not isinstance(data, torch.utils.data.Dataset):
-        raise TypeError(f"data must be a Dataset or an (N, C, H, W) tensor, got {type(data).__name__}")
+        raise TypeError(f"data must be a Dataset, a DataLoader, an iterable of batches or an (N, C, H, W) "
+                        f"tensor, got {type(data).__name__}")
     if len(data) == 0:
         raise ValueError("data is empty")
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator,
@@ -335,8 +356,10 @@ def train_inverter(
     Args:
         model: Any ``nn.Module`` taking ``(N, C, H, W)`` images.
         layer: An ``nn.Module`` inside ``model`` or its dotted name.
-        data: A ``Dataset`` of images or ``(image, label)`` pairs, or an ``(N, C, H, W)`` tensor, in the
-            model's input space (e.g. ``netvis.data.load(...)``).
+        data: A ``Dataset`` of images or ``(image, label)`` pairs, an ``(N, C, H, W)`` tensor, a
+            ``DataLoader`` (its data set is re-batched with ``batch_size`` and shuffled with ``seed``), or
+            any other iterable of batches or images (a list, a generator: read once and kept in memory),
+            in the model's input space (e.g. ``netvis.data.load(...)``).
         epochs: Total epochs (with ``resume``, training continues up to this number).
         batch_size: Mini-batch size.
         lr: Adam learning rate.
