@@ -106,6 +106,10 @@ def test_inputs_dataset_loader_tensor_and_iterable_agree():
         dataset_examples(model, "conv2", ((images[i : i + 30], labels[i : i + 30]) for i in range(0, 90, 30)),
                          k=6),
         dataset_examples(model, "conv2", list(images), k=6, batch_size=30),  # a list is a data set of items
+        # ... unless it holds batches: a list of (B, C, H, W) tensors or of (images, labels) batches
+        dataset_examples(model, "conv2", [images[:25], images[25:60], images[60:]], k=6),
+        dataset_examples(model, "conv2", [(images[:40], labels[:40]), (images[40:], labels[40:])], k=6),
+        dataset_examples(model, "conv2", iter([images[:45], images[45:]]), k=6),
     ]
     for run in runs:
         assert torch.equal(run.indices, ref.indices) and torch.equal(run.values, ref.values)

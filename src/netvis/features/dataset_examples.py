@@ -373,7 +373,7 @@ class _Source:
                 self.mode = "dataset"
             else:
                 self.mode = "stream"
-        elif isinstance(data, IterableDataset) or not (_indexable(data)):
+        elif isinstance(data, IterableDataset) or not _indexable(data) or _is_batch_list(data):
             if not hasattr(data, "__iter__"):
                 raise TypeError(f"data must be a Dataset, a DataLoader or an iterable of batches, "
                                 f"got {type(data).__name__}")
@@ -426,6 +426,16 @@ class _Source:
 
 def _indexable(data: Any) -> bool:
     return hasattr(data, "__getitem__") and hasattr(data, "__len__")
+
+
+def _is_batch_list(data: Any) -> bool:
+    """A list or tuple of ``(B, C, H, W)`` batches (or of ``(images, labels)`` batches), not of images."""
+    if not isinstance(data, (list, tuple)) or not data:
+        return False
+    first = data[0]
+    if isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    return isinstance(first, Tensor) and first.dim() == 4
 
 
 def _is_tensor_image_dataset(data: Any) -> bool:
@@ -495,8 +505,10 @@ def dataset_examples(
         layer: A module of ``model`` or its dotted name (``"layer3.2.conv2"``), or a list of them: then all
             layers are done in the same pass and a dict ``{name: result}`` is returned.
         data: A ``Dataset`` whose items are images ``(C, H, W)`` or ``(image, label, ...)`` tuples, a
-            tensor of images ``(N, C, H, W)``, a ``DataLoader`` of such batches, or an iterator of batches (a
-            list, like any object with ``__len__`` and ``__getitem__``, is taken as a data set of items).
+            tensor of images ``(N, C, H, W)``, a ``DataLoader`` of such batches, or any iterable of batches
+            (a generator; a list or tuple whose first element is a ``(B, C, H, W)`` batch or an
+            ``(images, labels)`` batch; any other object with ``__len__`` and ``__getitem__`` is taken as
+            a data set of items).
             Index ``n`` is the ``n``-th image in the data set's order (for a ``DataLoader`` with a sampler
             other than sequential, in the order it yields them; such a loader must give the same order every
             time in order to resume, and cannot be split between processes).
