@@ -229,6 +229,7 @@ def run(args: argparse.Namespace) -> dict:
 
     per_client = args.bodies // args.clients
     sent = [0]
+    accepted: list[str] = []
 
     def client(index: int) -> None:
         rng = random.Random(1000 + index)
@@ -240,8 +241,11 @@ def run(args: argparse.Namespace) -> dict:
             headers = {"Content-Type": "application/json", "X-Netvis-Client": f"load-{index}"}
             try:
                 conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-                status, _, seconds = request(port, "POST", "/api/jobs", body, headers, conn=conn)
+                status, data, seconds = request(port, "POST", "/api/jobs", body, headers, conn=conn)
                 stats.add(kind, status, seconds)
+                if status == 202:
+                    with stats.lock:
+                        accepted.append(json.loads(data)["id"])
             except (OSError, http.client.HTTPException) as exc:
                 stats.add(kind, None, 0.0, repr(exc))
                 if conn is not None:
@@ -279,6 +283,11 @@ def run(args: argparse.Namespace) -> dict:
         time.sleep(0.05)
         job = json.loads(request(port, "GET", f"/api/jobs/{job['id']}")[1])
     counts = json.loads(request(port, "GET", "/api/health")[1])["jobs"]
+    job_errors = []
+    for job_id in sorted(set(accepted)):
+        snapshot = json.loads(request(port, "GET", f"/api/jobs/{job_id}")[1])
+        if snapshot.get("status") == "error":
+            job_errors.append({"params": snapshot["params"], "kind": snapshot["kind"], "error": snapshot["error"]})
     stop.set()
     signalled = time.perf_counter()
     server.send_signal(signal.SIGTERM)
@@ -334,6 +343,7 @@ def run(args: argparse.Namespace) -> dict:
         "unanswered_examples": stats.errors,
         "rss_mb": {"idle": round(idle_rss / 2**20, 1), "peak": round(peak[0] / 2**20, 1)},
         "jobs_at_sigterm": counts,
+        "job_errors": job_errors[:10],
         "sigterm_to_exit_s": None if exit_seconds is None else round(exit_seconds, 3),
         "exit_code": server.returncode,
         "cache_half_written": {"tmp_files": leftovers, "unreadable_results": broken},

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import ipaddress
 import json
@@ -59,6 +60,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -75,7 +77,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from netvis.app.serve.cache import FileRefused, read_regular, resolve_inside
-from netvis.app.serve.jobs import JobLimit
+from netvis.app.serve.jobs import JobLimit, lower_priority
 from netvis.app.serve.schema import RequestInvalid, is_json_error, parse_job
 from netvis.app.serve.viewer import UploadError, Viewer, ViewerError, check_bind
 
@@ -267,6 +269,7 @@ def create_app(
     body_timeout: float = BODY_TIMEOUT,
     request_threads: int = 8,
     max_waiting_uploads: int = 32,
+    decode_nice: int = 0,
     **viewer_options: Any,
 ) -> Starlette:
     """The viewer's ASGI application.
@@ -280,6 +283,7 @@ def create_app(
         request_threads: Worker threads for the blocking parts of requests (decoding, file reads, cache
             look-ups); jobs have their own threads.
         max_waiting_uploads: Uploads that may wait for a decoding slot (beyond: 429).
+        decode_nice: Niceness added to the upload-decoding threads (``netvis serve`` uses 10).
         **viewer_options: Passed to :class:`Viewer` when ``viewer`` is not one.
 
     Returns:
@@ -291,7 +295,8 @@ def create_app(
     elif viewer_options:
         raise TypeError(f"viewer options {sorted(viewer_options)} need a checkpoint, not a Viewer")
     threads = anyio.CapacityLimiter(request_threads)
-    decodes = anyio.CapacityLimiter(viewer.decode_slots)
+    decoders = ThreadPoolExecutor(viewer.decode_slots, thread_name_prefix="netvis-decode",
+                                  initializer=lower_priority, initargs=(decode_nice,))
     waiting_uploads = 0
 
     async def blocking(fn: Callable[..., Any], *args: Any) -> Any:
@@ -348,8 +353,8 @@ def create_app(
             body = await _read_body(request, limit, f"upload too large: more than {limit} bytes", body_timeout)
             if isinstance(body, Response):
                 return body
-            async with decodes:  # at most decode_slots decodes at once: memory stays bounded
-                result = await blocking(viewer.add_upload, body)
+            # at most decode_slots decodes at once (their own threads): memory stays bounded
+            result = await asyncio.get_running_loop().run_in_executor(decoders, viewer.add_upload, body)
         finally:
             waiting_uploads -= 1
         return _json(result, 201)
@@ -410,6 +415,7 @@ def create_app(
         try:
             yield
         finally:
+            decoders.shutdown(wait=False, cancel_futures=True)
             if owns:
                 viewer.close()
 
@@ -484,6 +490,18 @@ class _Server(uvicorn.Server):
             self._watchdog = threading.Timer(self._exit_deadline, os._exit, args=(128 + int(sig),))
             self._watchdog.daemon = True
             self._watchdog.start()
+
+
+def _fixed_mmap_threshold(threshold: int = 1 << 20) -> None:
+    """Keep glibc from raising its mmap threshold after large frees (``mallopt(M_MMAP_THRESHOLD)``).
+
+    By default glibc raises the threshold to the size of each large block it frees, so the 16 MiB blocks
+    Pillow decodes images into come from the heap afterwards and fragment it: twenty 4096 x 4096 uploads
+    then leave the process hundreds of MB larger. With a fixed threshold every large block is its own
+    mapping, returned to the system when freed. Ignored where there is no glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -561,11 +579,12 @@ def run_server(
             )
         workers = int(viewer_options.get("workers", 2))
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // (workers + 1)))
-        viewer = Viewer(checkpoint, **viewer_options)
+        _fixed_mmap_threshold()
+        viewer = Viewer(checkpoint, job_nice=10, **viewer_options)
     except BaseException:
         sock.close()
         raise
-    app = create_app(viewer, port=port, allowed_hosts=extra, body_timeout=body_timeout)
+    app = create_app(viewer, port=port, allowed_hosts=extra, body_timeout=body_timeout, decode_nice=10)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
     print(f"netvis viewer: http://{shown}:{port}/  (checkpoint {viewer.checkpoint.path}, data {viewer.data_name}, "

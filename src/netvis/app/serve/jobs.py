@@ -19,9 +19,11 @@ ignores cancellation (every file the viewer writes is written atomically, so non
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
+import os
 import secrets
 import threading
 import time
@@ -96,6 +98,13 @@ class Job:
         }
 
 
+def lower_priority(nice: int) -> None:
+    """Add ``nice`` to the calling thread's niceness (Linux: threads have their own; elsewhere ignored)."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
 class Progress:
     """The progress callback handed to a job: ``progress(fraction, message=None)``; ``check()``.
 
@@ -133,10 +142,12 @@ class JobQueue:
         keep: Finished jobs remembered (the oldest are forgotten first).
         max_queued: Jobs that may wait in all (running ones not counted).
         max_queued_per_client: Jobs one client may have queued or running.
+        nice: Niceness added to the worker threads (Linux: per thread), so that a server's event loop wins
+            the CPU from the jobs.
     """
 
     def __init__(self, workers: int = 2, keep: int = 5000, max_queued: int = 256,
-                 max_queued_per_client: int = 16) -> None:
+                 max_queued_per_client: int = 16, nice: int = 0) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if max_queued < 1 or max_queued_per_client < 1:
@@ -157,6 +168,7 @@ class JobQueue:
         self._mean_seconds = 2.0
         self._keep = keep
         self._closed = False
+        self._nice = nice
         self._threads = [threading.Thread(target=self._work, name=f"netvis-job-{i}", daemon=True)
                          for i in range(workers)]
         for thread in self._threads:
@@ -253,6 +265,8 @@ class JobQueue:
             self._active.pop(job.client, None)
 
     def _work(self) -> None:
+        if self._nice:
+            lower_priority(self._nice)
         while True:
             with self._lock:
                 while not self._closed and not self._waiting:

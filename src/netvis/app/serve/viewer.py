@@ -180,6 +180,8 @@ class Viewer:
             is decoded); more wait for a slot.
         max_queued: Jobs that may wait in all (beyond: HTTP 429).
         max_queued_per_client: Jobs one client may have queued or running (beyond: HTTP 429).
+        job_nice: Niceness added to the job threads (``netvis serve`` uses 10: the server's own thread wins
+            the CPU from the jobs).
     """
 
     def __init__(
@@ -197,6 +199,7 @@ class Viewer:
         decode_slots: int = 2,
         max_queued: int = 256,
         max_queued_per_client: int = 16,
+        job_nice: int = 0,
     ) -> None:
         if isinstance(checkpoint, Checkpoint):
             ckpt = checkpoint
@@ -246,7 +249,8 @@ class Viewer:
         self.input_shape = tuple(int(s) for s in probe.shape[1:])
         self.layers = self._layer_table(probe)
         self._layer_index = {layer["name"]: layer for layer in self.layers}
-        self.jobs = JobQueue(workers=workers, max_queued=max_queued, max_queued_per_client=max_queued_per_client)
+        self.jobs = JobQueue(workers=workers, max_queued=max_queued, max_queued_per_client=max_queued_per_client,
+                             nice=job_nice)
         self._info: dict[str, Any] | None = None
         self._data_png = lru_cache(maxsize=8192)(self._render_data_png)
 
