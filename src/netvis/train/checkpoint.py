@@ -31,19 +31,18 @@ file behind.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
 from netvis.data import Preprocess
+from netvis.io import atomic_save
 from netvis.models import create
 
 __all__ = [
@@ -90,44 +89,6 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable by syncing the folder (POSIX only; a no-op where folders cannot be opened)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Replace ``path`` atomically with what ``write(handle)`` writes (its folder must exist).
-
-    ``write`` fills a temporary file in the same folder (so the rename cannot cross file systems),
-    which is flushed, ``fsync``\\ ed, made ``0o644`` and ``os.replace``\\ d over ``path``; on any
-    failure or interruption the temporary file is removed and the exception propagates.
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``payload`` with ``torch.save`` atomically: ``path`` holds either the old or the new file.
 
@@ -147,15 +108,10 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike) -> Path
     Raises:
         OSError: the folder cannot be written (the message names it).
     """
-    path = Path(path)
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     payload = dict(payload)
     payload.setdefault("format", FORMAT)
     payload.setdefault("format_version", FORMAT_VERSION)
-    _atomic_write(path, lambda handle: torch.save(payload, handle))
-    _fsync_dir(folder)
-    return path
+    return atomic_save(payload, path)
 
 
 def strip_training_state(payload: Mapping[str, Any]) -> dict[str, Any]:
