@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 
 from netvis.app.experiments._common import Context, Experiment, ExperimentResult, inputs, predict
 from netvis.app.experiments.metrics import RANDOM, method_options, saliency_maps
+from netvis.data import load
 from netvis.data.wafer import OUTSIDE, PASS, WAFER_CLASSES
 from netvis.saliency import METHODS
 from netvis.saliency.localization import localization_scores, mean_score
@@ -71,8 +72,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def _test_split(ctx: Context) -> Any:
-    from netvis.data import load
-
     data = ctx.data
     test = load(data, "test") if isinstance(data, str) else data[1]
     if not hasattr(test, "masks") or not hasattr(test, "images"):
