@@ -450,3 +450,39 @@ def test_a_client_that_never_finishes_its_body_is_dropped(viewer):
         assert status == 200 and health["ok"]
     finally:
         server.stop()
+
+
+def test_a_client_that_never_finishes_its_headers_is_dropped(viewer, monkeypatch):
+    import uvicorn
+
+    from netvis.app.serve import app as app_module
+
+    monkeypatch.setattr(app_module._TimedH11Protocol, "header_timeout", 0.5)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app_module.create_app(viewer, port=port), log_level="warning",
+                            http=app_module._TimedH11Protocol, timeout_keep_alive=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as slow:
+            slow.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Slow: " % port)
+            assert slow.recv(100) == b""  # closed by the server, not by our 20 s timeout
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as kept:  # a finished request is served
+            kept.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+                answer += kept.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200")
+            kept.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1")  # then half a second request
+            assert kept.recv(100) == b""
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
