@@ -83,3 +83,27 @@ def test_crop_flip_options():
     assert torch.equal(same, images)
     with pytest.raises(ValueError, match="padding"):
         CropFlip(torch.Generator(), padding=-1)
+
+
+def test_evaluate_any_iterable_of_batches_equals_the_data_set():
+    values = torch.arange(23, dtype=torch.uint8)
+    targets = torch.arange(23) % 2 + (torch.arange(23) % 5 == 0).long()
+    images = values.view(-1, 1, 1, 1).expand(-1, 1, 2, 2).contiguous()
+    data = TensorImageDataset(images, targets, ["a", "b", "c"], normalize=False)
+    model = CodeModel()
+    ref = evaluate(model, data, batch_size=5)
+    x = images.float() / 255  # what the data set's preprocess gives without normalisation
+    pairs = [(x[i : i + 5], targets[i : i + 5]) for i in range(0, 23, 5)]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, targets), batch_size=5)
+    for source in (pairs, iter(pairs), (p for p in pairs), loader,
+                   [{"image": a, "label": b} for a, b in pairs]):
+        got = evaluate(model, source, classes=["a", "b", "c"])
+        assert torch.equal(got.confusion, ref.confusion)
+        assert got.count == 23 and got.accuracy == ref.accuracy
+        assert got.loss == pytest.approx(ref.loss, rel=1e-12)
+    # without classes=: the logits' width names them
+    assert evaluate(model, iter(pairs)).classes == ["0", "1", "2"]
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(model, (p for p in []))
+    with pytest.raises(TypeError, match="needs the labels"):
+        evaluate(model, iter([x]))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from netvis.data import load
@@ -143,14 +145,32 @@ def evaluate_sums(
         ``(confusion int64 (K, K) on device, loss sum float64 0-d on device)``: sums, so that shards
         of a data set evaluated on several ranks add up.
     """
+    return _sums(model, iterate(data, indices, batch_size, device), num_classes, device=device,
+                 precision=precision, channels_last=channels_last, progress=progress, desc=desc,
+                 total=len(indices))
+
+
+def _sums(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    num_classes: int,
+    *,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    progress: bool,
+    desc: str,
+    total: int | None,
+) -> tuple[Tensor, Tensor]:
+    """Confusion matrix and summed loss over ``(inputs, targets)`` batches already on ``device``."""
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     bar = None
     if progress:
-        bar = tqdm(total=len(indices), desc=desc, unit="img", leave=False)
+        bar = tqdm(total=total, desc=desc, unit="img", leave=False)
     try:
         with torch.no_grad():
-            for x, y in iterate(data, indices, batch_size, device):
+            for x, y in batches:
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast_context(device, precision):
@@ -191,8 +211,11 @@ def evaluate(
 
     Args:
         model: a classifier ``(N, C, H, W) -> (N, K)``.
-        data: a netvis data set (fast in-memory path) or any ``Dataset`` of ``(image, label)`` pairs
-            whose images are already the model's input.
+        data: a netvis data set (fast in-memory path), any ``Dataset`` of ``(image, label)`` pairs
+            whose images are already the model's input, or any iterable of ``(inputs, targets)``
+            batches: a ``DataLoader`` (its own batching; ``batch_size`` is not used), a generator, a list
+            of pairs. The class names then come from ``classes``, the loader's data set, the model's
+            ``num_classes``, or the logits' width.
         batch_size: images per forward pass.
         device: where to run; default the model's device. The model is not moved: it must be there.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
@@ -215,6 +238,9 @@ def evaluate(
         >>> result.accuracy > 0.85
         True
     """
+    if _is_batches(data):
+        return _evaluate_batches(model, data, device=device, precision=precision, channels_last=channels_last,
+                                 classes=classes, progress=progress)
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty data set")
     device = device_for(model, device)
@@ -232,6 +258,80 @@ def evaluate(
             channels_last=channels_last,
             progress=progress,
         )
+    confusion = confusion.cpu()
+    count = int(confusion.sum())
+    return Evaluation(
+        accuracy=float(confusion.diagonal().sum()) / count,
+        loss=float(loss_sum) / count,
+        confusion=confusion,
+        classes=names,
+        count=count,
+    )
+
+
+def _is_batches(data: Any) -> bool:
+    """Whether ``data`` is an iterable of ``(inputs, targets)`` batches rather than a data set of items:
+    a ``DataLoader``, an iterator (a generator), or a list/tuple whose first element is a batch."""
+    if isinstance(data, DataLoader) or isinstance(data, Iterator):
+        return True
+    if not isinstance(data, (list, tuple)) or not data:
+        return False
+    first = data[0]
+    if isinstance(first, dict):
+        first = first.get("image")
+    elif isinstance(first, (list, tuple)) and first:
+        first = first[0]
+    return isinstance(first, Tensor) and first.dim() == 4
+
+
+def _pairs(data: Iterable, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    for batch in data:
+        if isinstance(batch, dict) and "image" in batch and "label" in batch:
+            x, y = batch["image"], batch["label"]
+        elif isinstance(batch, (list, tuple)) and len(batch) >= 2:
+            x, y = batch[0], batch[1]
+        else:
+            raise TypeError(
+                f"each batch must be an (inputs, targets) pair, got {type(batch).__name__}; an evaluation "
+                "needs the labels"
+            )
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise TypeError(f"a batch's inputs must be a (B, C, H, W) tensor, got {type(x).__name__}")
+        yield x.to(device), torch.as_tensor(y, dtype=torch.int64).to(device)
+
+
+def _evaluate_batches(
+    model: nn.Module,
+    data: Iterable,
+    *,
+    device: torch.device | str | None,
+    precision: str,
+    channels_last: bool,
+    classes: list[str] | None,
+    progress: bool,
+) -> Evaluation:
+    device = device_for(model, device)
+    batches = _pairs(data, device)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("cannot evaluate on an empty data set")
+    num_classes = getattr(model, "num_classes", None)
+    if classes is not None:
+        names = list(classes)
+    else:
+        inner = getattr(data, "dataset", None)  # a DataLoader's data set may name its classes
+        if getattr(inner, "classes", None):
+            names = [str(c) for c in inner.classes]
+        elif isinstance(num_classes, int):
+            names = [str(i) for i in range(num_classes)]
+        else:
+            with eval_session(model, grad=False), autocast_context(device, precision):
+                width = model(first[0]).shape[-1]  # the number of classes is the logits' width
+            names = [str(i) for i in range(width)]
+    with eval_session(model, grad=False):
+        confusion, loss_sum = _sums(model, itertools.chain([first], batches), len(names), device=device,
+                                    precision=precision, channels_last=channels_last, progress=progress,
+                                    desc="evaluate", total=None)
     confusion = confusion.cpu()
     count = int(confusion.sum())
     return Evaluation(
