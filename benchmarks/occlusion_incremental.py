@@ -1,4 +1,23 @@
-"""Is incremental occlusion faster than re-running the network? Engines, Captum and the approximations.
+"""Is incremental occlusion faster than re-running the network? Approximations with a quality contract vs Captum.
+
+``--part contract`` (the default) answers the question on *trained* weights, where SSIM means something:
+for each model, calibration images pick the cheapest approximate setting that meets ``--min-ssim``
+against the exact map (:func:`netvis.saliency.incremental.approximate_occlusion`; exact when none does),
+which then maps held-out images. In the same process and on the same images it times Captum's
+``Occlusion`` (the peer: batched re-inference of every occluded image) and netvis's exact incremental
+engine, and reports per model the speed-up of the approximation over Captum (the map alone, and with the
+calibration counted), the SSIM of its maps against the exact maps on the calibration and on the held-out
+images, and Captum's largest difference to netvis's exact map (the two compute the same map).
+
+Models: ``wafer-maps-resnet`` (netvis's shipped checkpoint: a ResNet-20 trained on 64x64 synthetic wafer
+maps, run here on 224x224 wafer maps; the only trained network on this machine), and torchvision's
+``resnet18`` and ``vgg16`` -- no pretrained weights can be downloaded here, so these have *random*
+weights (``weights=None``, seed 0); the JSON says so for each model (``"weights"``). Inputs are test wafer
+maps from ``netvis.data.wafer`` at 224x224 (three equal channels for the torchvision models).
+
+``--part engines`` is the earlier measurement on random-weight torchvision models (below).
+
+Is incremental occlusion faster than re-running the network? Engines, Captum and the approximations.
 
 Prints one JSON object. For each torchvision model (``weights=None``, eval mode) on one 224x224 image,
 window 16, stride 8 (27 x 27 = 729 positions), it times one occlusion map computed by
@@ -51,7 +70,7 @@ import torch
 import torchvision
 from _timing import device_name, sync, timed
 
-from netvis.saliency.incremental import incremental_occlusion, ssim
+from netvis.saliency.incremental import approximate_occlusion, calibrate_occlusion, incremental_occlusion, ssim
 from netvis.saliency.occlusion import occlusion, upsample_map
 
 
@@ -257,6 +276,116 @@ def bench_trained(args: argparse.Namespace) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------------------------------
+# The quality contract on trained weights, against Captum
+# ----------------------------------------------------------------------------------------------------
+
+
+def wafer_inputs(n: int, seed: int, size: int, channels: int, preprocess=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` test wafer maps with a defect (the first of each class, in class order), preprocessed."""
+    from netvis.data.wafer import WAFER_CLASSES, generate_wafer_maps
+
+    labels = torch.arange(len(WAFER_CLASSES) - 1).repeat(n)[:n]  # defect classes only
+    maps = generate_wafer_maps(labels.numpy(), rng=seed, size=size)
+    images = torch.from_numpy(maps.images)[:, None]
+    if preprocess is not None:
+        x = preprocess(images)
+    else:
+        x = images.float() / 255
+    return x.expand(-1, channels, -1, -1).contiguous(), labels
+
+
+def captum_occlusion(model, x, target, window: int, stride: int, fill: float, ppe: int) -> torch.Tensor:
+    from captum.attr import Occlusion
+
+    c = x.shape[1]
+    out = Occlusion(model).attribute(x, sliding_window_shapes=(c, window, window), strides=(c, stride, stride),
+                                     baselines=fill, target=target, perturbations_per_eval=ppe)
+    return out[:, 0]
+
+
+def contract_models(names: list[str]) -> list[dict]:
+    import netvis
+
+    out = []
+    for name in names:
+        if name == "wafer-maps-resnet":
+            with torch.random.fork_rng(devices=[]):
+                ckpt = netvis.load_checkpoint("wafer-maps-resnet")
+            final = ckpt.meta["final_metrics"]
+            weights = (f"trained on 64x64 synthetic wafer maps (test accuracy {final.get('test_accuracy'):.4f} at "
+                       f"64x64, {final.get('test_accuracy_224_dies224')} at 224x224 one die per pixel)")
+            out.append({"name": name, "model": ckpt.model.eval(), "channels": 1, "preprocess": ckpt.preprocess,
+                        "weights": weights})
+        else:
+            torch.manual_seed(0)
+            out.append({"name": name, "model": getattr(torchvision.models, name)(weights=None).eval(), "channels": 3,
+                        "preprocess": None,
+                        "weights": "random (weights=None, seed 0): no pretrained weights can be downloaded here"})
+    return out
+
+
+def bench_contract(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results = {}
+    for spec in contract_models([m.strip() for m in args.contract_models.split(",") if m.strip()]):
+        name, model = spec["name"], spec["model"].to(device)
+        stride = args.stride or (8 if name == "wafer-maps-resnet" else 16)
+        window = args.window
+        x_all, _ = wafer_inputs(args.calibration + args.held_out, 11, args.size, spec["channels"], spec["preprocess"])
+        x_all = x_all.to(device)
+        with torch.no_grad():
+            predicted = model(x_all).argmax(1)
+        cal_x, x = x_all[: args.calibration], x_all[args.calibration :]
+        cal_t, t = predicted[: args.calibration], predicted[args.calibration :]
+        fill = float(x_all.mean()) if spec["preprocess"] is None else float(
+            spec["preprocess"](torch.full((1, 1, 1, 1), 127, dtype=torch.uint8)).flatten()[0])  # a passing die
+        options = {"window": window, "stride": stride, "fill": fill, "output": "drop", "batch_size": args.batch_size}
+        # the peer
+        start = time.perf_counter()
+        captum_map = captum_occlusion(model, x, t, window, stride, fill, args.ppe)
+        sync(device)
+        captum_s = time.perf_counter() - start
+        # netvis exact (incremental) on the held-out images
+        start = time.perf_counter()
+        exact, exact_report = incremental_occlusion(model, x, t, report=True, **options)
+        sync(device)
+        exact_s = time.perf_counter() - start
+        # calibration, then the approximation on the held-out images
+        calibration = calibrate_occlusion(model, cal_x, cal_t, min_ssim=args.min_ssim, margin=args.margin, **options)
+        start = time.perf_counter()
+        approx, report = approximate_occlusion(model, x, t, min_ssim=args.min_ssim, calibration=calibration, **options)
+        sync(device)
+        approx_s = time.perf_counter() - start
+        held_ssim = [float(v) for v in ssim(approx, exact).reshape(-1)]
+        ours_upsampled = upsample_map(exact, tuple(x.shape[-2:]), (window, window), (stride, stride))
+        covered = ~torch.isnan(ours_upsampled)
+        results[name] = {
+            "weights": spec["weights"],
+            "input": [spec["channels"], args.size, args.size], "window": window, "stride": stride,
+            "grid": list(exact.shape[-2:]), "fill": fill, "calibration_images": len(cal_x), "held_out_images": len(x),
+            "min_ssim": args.min_ssim, "margin": args.margin,
+            "chosen": calibration.setting.name(), "contract_met_by_an_approximation": calibration.met,
+            "estimated_cost_vs_exact_incremental": calibration.cost,
+            "ssim_calibration": calibration.ssim, "ssim_held_out": held_ssim,
+            "held_out_min_ssim": min(held_ssim), "held_out_meets_min_ssim": min(held_ssim) >= args.min_ssim,
+            "captum_s": captum_s, "captum_ppe": args.ppe,
+            "exact_incremental_s": exact_s, "exact_incremental_macs_fraction": exact_report.macs_fraction,
+            "approximate_s": approx_s, "calibration_s": calibration.seconds,
+            "positions_evaluated": report.positions, "positions_total": report.total_positions,
+            "speedup_vs_captum": captum_s / approx_s,
+            "speedup_vs_captum_with_calibration": captum_s / (approx_s + calibration.seconds),
+            "exact_incremental_speedup_vs_captum": captum_s / exact_s,
+            "captum_max_abs_diff_vs_exact_upsampled": float((captum_map - ours_upsampled)[covered].abs().max()),
+            "exact_map_max": float(exact.abs().max()),
+            "tried": calibration.tried,
+        }
+        print(json.dumps({name: {k: v for k, v in results[name].items() if k != "tried"}}), file=sys.stderr, flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="resnet18,vgg16", help="comma-separated torchvision model names")
@@ -273,9 +402,35 @@ def main() -> None:
     parser.add_argument("--trained-images", type=int, default=4,
                         help="test images for the trained-model part (0 leaves it out)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--part", default="contract", choices=("contract", "engines"))
+    parser.add_argument("--contract-models", default="wafer-maps-resnet,resnet18,vgg16")
+    parser.add_argument("--min-ssim", type=float, default=0.9)
+    parser.add_argument("--margin", type=float, default=0.02)
+    parser.add_argument("--calibration", type=int, default=2, help="calibration images per model")
+    parser.add_argument("--held-out", type=int, default=2, help="held-out images per model")
+    parser.add_argument("--ppe", type=int, default=64, help="Captum's perturbations_per_eval")
+    parser.add_argument("--json", default=None, help="also write the JSON here")
     args = parser.parse_args()
     if args.child is not None:
         child(json.loads(args.child))
+        return
+    if args.part == "contract":
+        from captum import __version__ as captum_version
+
+        start = time.perf_counter()
+        out = {
+            "benchmark": "occlusion_incremental (quality contract vs Captum)",
+            "device": device_name(torch.device(args.device)), "device_type": args.device,
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "captum": captum_version,
+            "cpu_threads": args.threads or torch.get_num_threads(),
+            "models": bench_contract(args),
+        }
+        out["load_average_1min_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        out["wall_seconds"] = time.perf_counter() - start
+        text = json.dumps(out, indent=2)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
         return
     stride = args.stride or (16 if args.quick else 8)
     if args.captum_ppe == "none":
