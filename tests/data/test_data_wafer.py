@@ -235,3 +235,20 @@ def test_load_shipped_sample():
     assert len(train) == 180 and test.mean == train.mean
     with pytest.raises(DataError, match="64x64"):
         load("wafer-maps-sample", "test", size=224)
+
+
+def test_shipped_wafer_checkpoint_loads_like_fashion_mnist_small():
+    import netvis
+
+    ckpt = netvis.load_checkpoint("wafer-maps-resnet")
+    assert ckpt.classes == list(WAFER_CLASSES) and ckpt.meta["model"]["name"] == "resnet20_cifar"
+    final = ckpt.meta["final_metrics"]
+    assert final["trained_at"] == "64x64" and 0 <= final["test_accuracy"] <= 1
+    assert ckpt.path.stat().st_size < 3_000_000
+    test = load("wafer-maps-sample", "test", normalize=False)
+    predicted = ckpt.predict(test.images[:9])
+    with torch.no_grad():
+        direct = ckpt.model(ckpt.preprocess(test.images[:9])).argmax(1)
+    assert torch.equal(predicted, direct)
+    with torch.no_grad():  # fully convolutional with global pooling: 224 x 224 maps run too
+        assert ckpt.model(ckpt.preprocess(torch.zeros(1, 1, 224, 224, dtype=torch.uint8))).shape == (1, 9)

@@ -67,7 +67,7 @@ FORMAT = "netvis-checkpoint"
 FORMAT_VERSION = 1
 """The checkpoint format version this netvis writes and the newest it reads."""
 
-SHIPPED = ("fashion-mnist-small",)
+SHIPPED = ("fashion-mnist-small", "wafer-maps-resnet")
 """Names of the checkpoints shipped inside the package (``netvis/assets/checkpoints/<name>.pt``)."""
 
 _REQUIRED = ("model", "state_dict", "classes", "data", "epoch")
@@ -355,7 +355,8 @@ def load_checkpoint(path_or_name: str | os.PathLike) -> Checkpoint:
     Args:
         path_or_name: a checkpoint file, a run folder (its ``checkpoint.pt``), or the name of a
             checkpoint shipped with netvis: ``"fashion-mnist-small"`` (a CIFAR-style ResNet-20 with
-            batch norm trained on Fashion-MNIST; see ``docs/training.md``).
+            batch norm trained on Fashion-MNIST; see ``docs/training.md``) or ``"wafer-maps-resnet"``
+            (the same architecture trained on 64x64 synthetic wafer maps; see ``docs/wafer_maps.md``).
 
     Returns:
         A :class:`Checkpoint`; ``ckpt.model`` is on the CPU in eval mode.
