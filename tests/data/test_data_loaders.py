@@ -132,7 +132,7 @@ def test_unknown_name_lists_the_known_ones():
     message = str(info.value)
     for name in names():
         assert repr(name) in message
-    assert set(names()) == {"fashion-mnist", "fashion-mnist-sample", "cifar10"}
+    assert set(names()) == {"fashion-mnist", "fashion-mnist-sample", "cifar10", "wafer-maps", "wafer-maps-sample"}
 
 
 def test_file_instead_of_folder(tmp_path):

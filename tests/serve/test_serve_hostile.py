@@ -276,6 +276,41 @@ def test_cancel_removes_queued_jobs_and_stops_running_ones_at_their_next_step():
         queue.shutdown()
 
 
+def test_a_shared_job_stops_only_when_every_client_that_asked_for_it_cancels():
+    queue = JobQueue(workers=1)
+    started = threading.Event()
+    try:
+        def long(progress):
+            started.set()
+            for i in range(10_000):
+                progress(i / 10_000)
+                time.sleep(0.001)
+            return {}
+
+        blocker = queue.submit("demo", "blocker", long, client="a")
+        assert started.wait(10)
+        shared = queue.submit("demo", "shared", long, client="a")
+        assert queue.submit("demo", "shared", long, client="b").id == shared.id  # the same computation
+        assert queue.get(shared.id)["requesters"] == 2
+        # a withdraws its request: b still waits for the result, so the job stays queued
+        after_a = queue.cancel(shared.id, "a")
+        assert after_a["status"] == "queued" and after_a["requesters"] == 1
+        assert queue.cancel(shared.id, "a")["status"] == "queued"  # a again: still b's job
+        # b, the last client that asked, cancels: now it is dropped
+        assert queue.cancel(shared.id, "b")["status"] == "cancelled"
+        # the running job shared by two clients goes on after one cancels, stops after both
+        assert queue.submit("demo", "blocker", long, client="b").id == blocker.id
+        assert queue.cancel(blocker.id, "b")["message"] != "cancelling"
+        assert queue.cancel(blocker.id, "a")["message"] == "cancelling"
+        deadline = time.monotonic() + 10
+        while queue.get(blocker.id)["status"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert queue.get(blocker.id)["status"] == "cancelled"
+    finally:
+        queue.shutdown()
+
+
 def test_delete_cancels_a_running_inversion(client, viewer):
     request = {"kind": "inversion", "image": "sample:5", "layer": "layer3", "steps": 1000, "optimizer": "adam"}
     job = client.post("/api/jobs", json=request).json()

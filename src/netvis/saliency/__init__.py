@@ -9,6 +9,10 @@ Every method is a function ``method(model, x, target=None, **options) -> Tensor`
 * :func:`smoothgrad` (Smilkov et al. 2017) and :func:`integrated_gradients` (Sundararajan et al. 2017);
 * :func:`grad_cam` and :func:`guided_grad_cam` (Selvaraju et al. 2017).
 
+Faster occlusion: :func:`incremental_occlusion` re-runs only what a patch changes (exact, or with a
+projective-field threshold), and :func:`approximate_occlusion` meets a quality the user asks for
+(``min_ssim=`` or ``max_error=``) on a calibration that :func:`calibrate_occlusion` measures and reports.
+
 ``target`` is ``None`` (each image's predicted class), an int, ``N`` ints (a list or tensor), or a
 callable ``outputs -> (N,) scores``. Each call runs the model in eval mode and leaves it exactly as it
 was: modes, ``requires_grad`` flags, parameter ``.grad``, buffers and hooks (see :mod:`netvis.hooks`).
@@ -26,18 +30,32 @@ from netvis.saliency._common import TargetLike, resolve_target
 from netvis.saliency.cam import default_layer, grad_cam, guided_grad_cam
 from netvis.saliency.gradient import gradient, integrated_gradients, quadrature, smoothgrad
 from netvis.saliency.guided import deconvnet, guided_backprop
-from netvis.saliency.incremental import IncrementalFallbackWarning, incremental_occlusion, ssim
+from netvis.saliency.incremental import (
+    Approximation,
+    Calibration,
+    IncrementalFallbackWarning,
+    OcclusionReport,
+    approximate_occlusion,
+    calibrate_occlusion,
+    incremental_occlusion,
+    ssim,
+)
 from netvis.saliency.methods import METHODS, Method, Option, OutputKind, register, registered, unregister
 from netvis.saliency.occlusion import occlusion, occlusion_grid_size
 
 __all__ = [
     "METHODS",
+    "Approximation",
+    "Calibration",
     "GuidedReLUError",
     "IncrementalFallbackWarning",
     "Method",
+    "OcclusionReport",
     "Option",
     "OutputKind",
     "TargetLike",
+    "approximate_occlusion",
+    "calibrate_occlusion",
     "deconvnet",
     "default_layer",
     "grad_cam",

@@ -320,8 +320,9 @@ def _evaluate_batches(
         names = list(classes)
     else:
         inner = getattr(data, "dataset", None)  # a DataLoader's data set may name its classes
-        if getattr(inner, "classes", None):
-            names = [str(c) for c in inner.classes]
+        inner_classes = getattr(inner, "classes", None)
+        if inner_classes:
+            names = [str(c) for c in inner_classes]
         elif isinstance(num_classes, int):
             names = [str(i) for i in range(num_classes)]
         else:

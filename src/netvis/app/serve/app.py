@@ -15,7 +15,8 @@ path                        method  answer
 ``/api/images/<id>.png``    GET     an uploaded image, as the model sees it (data channels and size)
 ``/api/jobs``               POST    start a job: ``{"kind": "examples"|"filters"|"saliency"|"inversion", ...}``
 ``/api/jobs/<id>``          GET     a job's status, progress (0..1), message and result
-``/api/jobs/<id>``          DELETE  cancel a job: a queued one at once, a running one at its next step
+``/api/jobs/<id>``          DELETE  cancel a job: a queued one at once, a running one at its next step (a job
+                                    other clients also asked for goes on for them)
 ``/api/health``             GET     ``{"ok": true, "jobs": {status: count}}``
 ``/files/<path>``           GET     a picture a job wrote (only files inside the checkpoint's cache folder)
 ==========================  ======  ==================================================================
@@ -381,7 +382,7 @@ def create_app(
         return _json(viewer.job(request.path_params["job_id"]))
 
     async def cancel(request: Request) -> Response:
-        snapshot = viewer.cancel(request.path_params["job_id"])
+        snapshot = viewer.cancel(request.path_params["job_id"], client_id(request))
         if snapshot["status"] in ("done", "error"):
             return _error(409, f"job already {snapshot['status']}: nothing to cancel")
         return _json(snapshot, 202 if snapshot["status"] == "running" else 200)

@@ -78,6 +78,11 @@ class Job:
     finished: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     fn: Callable[..., dict[str, Any]] | None = field(default=None, repr=False)
+    requesters: set[str] = field(default_factory=set)
+    """The clients that asked for this computation (the one that queued it and those that asked again)."""
+
+    def __post_init__(self) -> None:
+        self.requesters.add(self.client)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot."""
@@ -95,6 +100,7 @@ class Job:
             "error": self.error,
             "cached": self.cached,
             "seconds": elapsed,
+            "requesters": len(self.requesters),
         }
 
 
@@ -199,6 +205,7 @@ class JobQueue:
                 raise RuntimeError("the job queue is shut down")
             existing = self._jobs.get(self._by_key.get(f"{kind}/{key}", ""))
             if existing is not None and existing.status in (QUEUED, RUNNING, DONE) and not existing.cancel.is_set():
+                existing.requesters.add(client)
                 return existing
             if cached is None:
                 if self._active.get(client, 0) >= self.max_queued_per_client:
@@ -301,14 +308,22 @@ class JobQueue:
 
     # ------------------------------------------------------------------------------------------------
 
-    def cancel(self, job_id: str) -> dict[str, Any] | None:
+    def cancel(self, job_id: str, client: str | None = None) -> dict[str, Any] | None:
         """Cancel job ``job_id``: a queued job is dropped at once, a running one stops at its next progress
         report (its status stays ``running``, message ``cancelling``, until then). A finished job is left as
-        it is. Returns the job's snapshot, ``None`` when unknown."""
+        it is. Returns the job's snapshot, ``None`` when unknown.
+
+        A job that several clients asked for (the same computation) is shared: ``cancel(job_id, client)``
+        withdraws only ``client``'s request while another client still waits for the result, and the job
+        stops once every client that asked for it has cancelled. ``client=None`` stops it for everyone.
+        """
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
                 return None
+            if client is not None and job.status in ACTIVE and job.requesters - {client}:
+                job.requesters.discard(client)
+                return job.to_dict()
             if job.status == QUEUED:
                 job.cancel.set()
                 jobs = self._waiting.get(job.client)

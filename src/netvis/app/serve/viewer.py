@@ -540,9 +540,10 @@ class Viewer:
             raise ViewerError("no such job", 404)
         return snapshot
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a job (see :meth:`netvis.app.serve.jobs.JobQueue.cancel`); returns its snapshot."""
-        snapshot = self.jobs.cancel(job_id)
+    def cancel(self, job_id: str, client: str | None = None) -> dict[str, Any]:
+        """Cancel a job for ``client`` (see :meth:`netvis.app.serve.jobs.JobQueue.cancel`: a job other
+        clients still wait for goes on); returns its snapshot."""
+        snapshot = self.jobs.cancel(job_id, client)
         if snapshot is None:
             raise ViewerError("no such job", 404)
         return snapshot
