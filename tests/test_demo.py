@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from netvis.app.cli import main
-from netvis.app.render.lecture import lecture_report
+from netvis.app.render.lecture import lecture_report, section_localization
 from netvis.app.render.report import Report
 from netvis.data import load
 from netvis.train import TrainConfig, train
@@ -79,7 +79,33 @@ def test_demo_command_writes_the_report(tiny_checkpoint, tmp_path, monkeypatch):
     assert "report:" in result.output
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["model"]["test_images"] == 24
+    assert summary["localization"]["localization_images"] == 16  # the demo adds the wafer-map section
+    assert "Localization on wafer maps" in (tmp_path / "r" / "index.html").read_text()
     assert (tmp_path / "r" / "index.html").stat().st_size > 10_000
+
+
+def test_localization_section_scores_every_lecture_method_against_the_defect_masks():
+    from netvis.saliency import methods
+
+    sample = load("wafer-maps-sample", "test")
+    images, masks = sample.images.clone(), sample.masks.clone()
+    report = Report("t")
+    summary = section_localization(report, per_class=1, stride=4)
+    (section,) = report.sections
+    assert section.title == "Do the maps point at the defect? Localization on wafer maps"
+    defects = [c for c in sample.classes if c != "none" and (sample.targets == sample.classes.index(c)).any()]
+    assert summary["localization_images"] == len(defects) == 8
+    lecture = [m.title for m in methods.methods() if m.lecture]
+    assert list(summary["localization"]) == [*lecture, "random map"]
+    for scores in summary["localization"].values():
+        assert set(scores) == {"pointing", "energy", "auc"}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
+    # the shipped checkpoint's occlusion map finds the defects far better than seeded noise does
+    assert summary["localization"]["occlusion"]["auc"] > summary["localization"]["random map"]["auc"] + 0.2
+    # the shipped sample is left as it was (in memory and on disk)
+    assert torch.equal(sample.images, images) and torch.equal(sample.masks, masks)
+    fresh = load("wafer-maps-sample", "test")
+    assert torch.equal(fresh.images, images) and torch.equal(fresh.masks, masks)
 
 
 def test_report_command_on_a_run_folder_shows_its_curves(tiny_checkpoint, tmp_path):

@@ -55,7 +55,8 @@ def run_demo(
                              batch_size=64, augment=False, progress=progress, device="auto")
         result = train_run(config)
         checkpoint = str(result.checkpoint)
-    return write_report(checkpoint, SAMPLE, out, run_dir=run_dir, progress=progress, started=start)
+    return write_report(checkpoint, SAMPLE, out, run_dir=run_dir, progress=progress, started=start,
+                        localization=True)
 
 
 def write_report(
@@ -67,6 +68,7 @@ def write_report(
     limit: int | None = None,
     progress: bool = True,
     started: float | None = None,
+    localization: bool = False,
 ) -> Path:
     """Write the lecture's report for ``checkpoint`` on ``data`` into ``out``; return ``index.html``'s path.
 
@@ -80,6 +82,8 @@ def write_report(
         limit: use at most this many images of each split.
         progress: show progress bars.
         started: ``time.perf_counter()`` at the start, for the summary's duration.
+        localization: add the lecture's wafer-map localization section (the shipped ``wafer-maps-resnet``
+            on the shipped wafer-map sample; ``netvis demo`` does).
     """
     start = time.perf_counter() if started is None else started
     path = Path(checkpoint)
@@ -93,7 +97,8 @@ def write_report(
     train_data = with_preprocess(load(data, "train"), ckpt.preprocess)
     test_data = with_preprocess(load(data, "test"), ckpt.preprocess)
     train_data, test_data = first_items(train_data, limit), first_items(test_data, limit)
-    report, summary = lecture_report(ckpt, train_data, test_data, run_dir=run_dir, progress=progress)
+    report, summary = lecture_report(ckpt, train_data, test_data, run_dir=run_dir, progress=progress,
+                                     localization=localization)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["checkpoint"] = str(ckpt.path)
     out = Path(out)

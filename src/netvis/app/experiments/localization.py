@@ -27,10 +27,10 @@ import time
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure
 
 from netvis.app.experiments._common import Context, Experiment, ExperimentResult, inputs, predict
 from netvis.app.experiments.metrics import RANDOM, method_options, saliency_maps
+from netvis.app.render.figures import localization_grid
 from netvis.data import load
 from netvis.data.wafer import OUTSIDE, PASS, WAFER_CLASSES
 from netvis.saliency import METHODS
@@ -108,34 +108,6 @@ def _method_names(choice: Any) -> list[str]:
     if unknown:
         raise ValueError(f"unknown saliency method(s) {unknown}; choose from {', '.join(METHODS)}")
     return [m for m in names if m != RANDOM] + [RANDOM]
-
-
-def _figure(images: torch.Tensor, masks: torch.Tensor, maps: dict[str, torch.Tensor], rows: list[int],
-            labels: list[str]):
-    methods = list(maps)
-    fig = Figure(figsize=(1.25 * (len(methods) + 1), 1.3 * len(rows) + 0.4), layout="constrained")
-    axes = fig.subplots(len(rows), len(methods) + 1, squeeze=False)
-    for r, i in enumerate(rows):
-        mask = masks[i].numpy().astype(float)
-        ax = axes[r, 0]
-        ax.imshow(images[i].numpy(), cmap="gray", vmin=0, vmax=255)
-        ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_ylabel(labels[r], fontsize=7)
-        if r == 0:
-            ax.set_title("map + defect", fontsize=7)
-        for c, method in enumerate(methods, start=1):
-            ax = axes[r, c]
-            ax.imshow(maps[method][i].numpy(), cmap="inferno")
-            ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.8)
-            peak = int(maps[method][i].flatten().argmax())
-            w = maps[method][i].shape[-1]
-            ax.plot([peak % w], [peak // w], marker="+", color="lime", markersize=6)
-            if r == 0:
-                ax.set_title(method, fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    return fig
 
 
 def run(ctx: Context) -> ExperimentResult:
@@ -220,7 +192,7 @@ def run(ctx: Context) -> ExperimentResult:
         if where and len(rows_fig) < int(p["figure_images"]):
             rows_fig.append(where[0])
             names_fig.append(name)
-    figures = {"overlays": _figure(raw.images[indices][:, 0].cpu(), masks, maps, rows_fig, names_fig)}
+    figures = {"overlays": localization_grid(raw.images[indices][:, 0].cpu(), masks, maps, rows_fig, names_fig)}
     metrics = {
         key: {r["method"]: r[key] for r in rows} for key in ("pointing", "energy", "auc")
     }

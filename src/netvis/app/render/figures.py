@@ -25,6 +25,7 @@ from netvis.io import atomic_write
 
 __all__ = [
     "image_to_array",
+    "localization_grid",
     "map_to_array",
     "method_grid",
     "overlay",
@@ -315,3 +316,41 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     return atomic_write(path, lambda handle: fig.savefig(handle, dpi=dpi, format=fmt))
+
+
+def localization_grid(images: torch.Tensor, masks: torch.Tensor, maps: Mapping[str, torch.Tensor],
+                      rows: Sequence[int], labels: Sequence[str]) -> Figure:
+    """Maps against ground-truth masks: per row an image (grey, the mask outlined in red) and each method's
+    map (the mask in cyan, the map's maximum as a green cross).
+
+    Args:
+        images: ``(N, H, W)`` grey images, ``0..255``.
+        masks: ``(N, H, W)`` bool masks.
+        maps: method name -> ``(N, H, W)`` map.
+        rows: which images to show, one row each.
+        labels: a label per row (e.g. the defect class).
+    """
+    methods = list(maps)
+    fig = Figure(figsize=(1.25 * (len(methods) + 1), 1.3 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), len(methods) + 1, squeeze=False)
+    for r, i in enumerate(rows):
+        mask = masks[i].numpy().astype(float)
+        ax = axes[r, 0]
+        ax.imshow(images[i].numpy(), cmap="gray", vmin=0, vmax=255)
+        ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_ylabel(labels[r], fontsize=7)
+        if r == 0:
+            ax.set_title("map + defect", fontsize=7)
+        for c, method in enumerate(methods, start=1):
+            ax = axes[r, c]
+            ax.imshow(maps[method][i].numpy(), cmap="inferno")
+            ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.8)
+            peak = int(maps[method][i].flatten().argmax())
+            w = maps[method][i].shape[-1]
+            ax.plot([peak % w], [peak // w], marker="+", color="lime", markersize=6)
+            if r == 0:
+                ax.set_title(method, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig

@@ -19,15 +19,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from netvis.app.render.features import display_images, examples_grid
-from netvis.app.render.figures import method_grid
+from netvis.app.render.figures import localization_grid, method_grid
 from netvis.app.render.report import Report
 from netvis.bn import bn_statistics, recalibrate
+from netvis.data import load
+from netvis.data.wafer import OUTSIDE, PASS
 from netvis.features import dataset_examples, filter_visualization, receptive_field
 from netvis.inversion import invert
 from netvis.models import create
 from netvis.models.batchnorm import BatchNorm2d
 from netvis.saliency import methods as saliency_methods
-from netvis.train.evaluate import evaluate
+from netvis.saliency.localization import localization_scores, mean_score
+from netvis.train.checkpoint import load_checkpoint
+from netvis.train.evaluate import evaluate, with_preprocess
 
 EXPLAIN = {
     "bn": (
@@ -58,6 +62,16 @@ EXPLAIN = {
         "incoming gradient are positive (Springenberg et al., <i>Striving for Simplicity: The All "
         "Convolutional Net</i>, 2015). Grad-CAM weights a layer's maps by their average gradient "
         "(Selvaraju et al., <i>Grad-CAM</i>, ICCV 2017)."
+    ),
+    "localization": (
+        "On natural images a saliency map can only be looked at; on wafer maps, where each defect pattern "
+        "(center, donut, edge-ring, edge-loc, loc, scratch, random, near-full: the WM-811K taxonomy of Wu, "
+        "Jang &amp; Chen, IEEE TSM 2015) comes with its mask, it can be <i>measured</i>. Three scores per map, "
+        "on the wafer only: the pointing game (is the map's maximum on the defect; Zhang et al., ECCV 2016), "
+        "the share of the map's energy inside the mask (Wang et al., Score-CAM, 2020) and the ROC-AUC of the "
+        "map's pixels as a defect detector. A map of uniform noise is the baseline every method must beat. "
+        "The model is the shipped <code>wafer-maps-resnet</code> checkpoint; the maps are from the wafer-map "
+        "sample that ships with netvis, explaining each map's true class."
     ),
     "features": (
         "Dataset examples: the k images of the data that most activate a unit (here the spatial mean of a "
@@ -232,6 +246,62 @@ def section_saliency(report: Report, ckpt, test_data, *, n_images: int = 4, wind
     return {"saliency_images": int(x.shape[0]), "saliency_methods": list(maps)}
 
 
+def section_localization(report: Report, *, checkpoint: str = "wafer-maps-resnet", data: str = "wafer-maps-sample",
+                         per_class: int = 2, window: int = 6, stride: int = 3, seed: int = 0):
+    """The lecture's saliency methods scored against wafer-map defect masks, next to a random map.
+
+    ``per_class`` test maps of every defect class of ``data`` (seeded), each method explaining the true
+    class; occlusion hides ``window``-sized patches every ``stride`` pixels with passing dies. The table
+    holds the mean pointing game, energy inside the mask and ROC-AUC (on the wafer only); the figure one map
+    per class. ``netvis experiment localization`` is the full study (every method, more maps, per class).
+    """
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.model
+    raw = load(data, "test")
+    if not hasattr(raw, "masks"):
+        raise ValueError(f"the localization section needs a data set with defect masks, not {data!r}")
+    test = with_preprocess(raw, ckpt.preprocess)
+    sec = report.section("Do the maps point at the defect? Localization on wafer maps", EXPLAIN["localization"])
+    generator = torch.Generator().manual_seed(seed)
+    chosen, labels_fig = [], []
+    for k, name in enumerate(raw.classes):
+        where = torch.nonzero(raw.targets == k).flatten()
+        if name == "none" or len(where) == 0:
+            continue
+        picked = where[torch.randperm(len(where), generator=generator)[:per_class]].sort().values
+        chosen.append(picked)
+        labels_fig.append(name)
+    indices = torch.cat(chosen)
+    x = test.preprocess(raw.images[indices])
+    target = raw.targets[indices]
+    masks = raw.masks[indices]
+    valid = raw.images[indices][:, 0] != OUTSIDE
+    fill = float(test.preprocess(torch.full((1, 1, 1, 1), PASS, dtype=torch.uint8)).flatten()[0])
+    settings = {"window": window, "stride": stride, "fill": fill, "generator": seed}
+    maps: dict[str, torch.Tensor] = {}
+    for method in saliency_methods.methods():
+        if not method.lecture:
+            continue
+        options = {**method.figure_options, **method.select(settings)}
+        m = method.display(method(model, x, target, **options)).detach().abs().float()
+        if torch.isnan(m).any():  # pixels an occlusion window never covered: no evidence
+            low = torch.nan_to_num(m, nan=float("inf")).flatten(1).amin(1).view(-1, 1, 1)
+            m = torch.where(torch.isnan(m), low.expand_as(m), m)
+        maps[method.title] = m
+    maps["random map"] = torch.rand(tuple(masks.shape), generator=generator)
+    rows, summary = [], {}
+    for label, m in maps.items():
+        scores = localization_scores(m, masks, valid=valid)
+        means = {key: mean_score(scores[key]) for key in ("pointing", "energy", "auc")}
+        summary[label] = means
+        rows.append([label, f"{means['pointing']:.3f}", f"{means['energy']:.3f}", f"{means['auc']:.3f}"])
+    first = [sum(len(c) for c in chosen[:i]) for i in range(len(chosen))]
+    sec.figure(localization_grid(raw.images[indices][:, 0], masks, maps, first, labels_fig),
+               "One map per defect class: the defect's mask outlined, each map's maximum marked with a cross.")
+    sec.table(["method", "pointing game", "energy inside the mask", "ROC-AUC"], rows)
+    return {"localization_images": int(len(indices)), "localization": summary}
+
+
 def _stage_layers(model: nn.Module) -> list[str]:
     """Names of the model's top-level stages that hold convolutions, in order (e.g. layer1..layer3)."""
     names = []
@@ -306,8 +376,13 @@ def section_inversion(report: Report, ckpt, test_data, *, steps: int = 100, inde
 
 
 def lecture_report(ckpt, train_data, test_data, *, run_dir: str | Path | None = None,
-                   progress: bool = False, title: str = "netvis: network visualization") -> tuple[Report, dict]:
+                   progress: bool = False, title: str = "netvis: network visualization",
+                   localization: bool | dict[str, Any] = False) -> tuple[Report, dict]:
     """Build the whole lecture's report for ``ckpt`` on ``train_data``/``test_data``.
+
+    ``localization`` adds :func:`section_localization` after the saliency section (``True``, or a dict of
+    its options, e.g. ``{"per_class": 1}``): saliency scored against wafer-map defect masks, with its own
+    checkpoint and data, whatever ``ckpt`` is.
 
     Returns:
         The :class:`Report` and a dict of the headline numbers of every section.
@@ -322,6 +397,9 @@ def lecture_report(ckpt, train_data, test_data, *, run_dir: str | Path | None = 
         ("features", lambda: section_features(report, ckpt, test_data)),
         ("inversion", lambda: section_inversion(report, ckpt, test_data)),
     ]
+    if localization:
+        options = localization if isinstance(localization, dict) else {}
+        steps.insert(4, ("localization", lambda: section_localization(report, **options)))
 
     for name, step in tqdm(steps, desc="report", disable=not progress):
         summary[name] = step()
