@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check netvis has, in one call of about 9 minutes: the CUDA tests and the GPU benchmarks
-# (saliency fp32 and bf16 vs Captum on ResNet-50, incremental occlusion on ResNet-50 and VGG-16, and the
+# Every GPU check netvis has, in one call of about 10 minutes: the CUDA tests and the GPU benchmarks
+# (saliency fp32 and bf16 vs Captum on ResNet-50, incremental occlusion on ResNet-50 and VGG-16, approximate
+# occlusion with its quality contract on the wafer-map ResNet, resnet18 and vgg16, and the
 # Fashion-MNIST ResNet-18 training target). Each step has its own time limit, so one slow step cannot
 # take the others' results with it. Results: JSON files, logs and summary.txt in $OUT (default
 # ./gpu-results).
@@ -36,5 +37,6 @@ step() {  # step NAME SECONDS COMMAND...: stdout to NAME.json, stderr to NAME.lo
 
 step tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/inversion/test_inversion_optimise.py
 step saliency_cuda 150 python3 benchmarks/saliency.py --device cuda --model resnet50
-step occlusion_incremental_cuda 150 python3 benchmarks/occlusion_incremental.py --device cuda --models resnet50,vgg16
+step occlusion_incremental_cuda 150 python3 benchmarks/occlusion_incremental.py --part engines --device cuda --models resnet50,vgg16
+step occlusion_contract_cuda 100 python3 benchmarks/occlusion_incremental.py --part contract --device cuda
 step train_fashion_mnist_resnet18_cuda 110 python3 benchmarks/train_fashion_mnist.py --model resnet18 --device cuda
