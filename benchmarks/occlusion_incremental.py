@@ -304,9 +304,10 @@ def captum_occlusion(model, x, target, window: int, stride: int, fill: float, pp
     return out[:, 0]
 
 
-def contract_models(names: list[str]) -> list[dict]:
+def contract_models(names: list[str], trained: dict[str, str] | None = None) -> list[dict]:
     import netvis
 
+    trained = trained or {}
     out = []
     for name in names:
         if name == "wafer-maps-resnet":
@@ -317,6 +318,16 @@ def contract_models(names: list[str]) -> list[dict]:
                        f"64x64, {final.get('test_accuracy_224_dies224')} at 224x224 one die per pixel)")
             out.append({"name": name, "model": ckpt.model.eval(), "channels": 1, "preprocess": ckpt.preprocess,
                         "weights": weights})
+        elif name.endswith(":trained"):  # weights trained on 224x224 wafer maps (benchmarks/train_wafer_resnet18.py)
+            arch = name.removesuffix(":trained")
+            path = Path(trained[arch]).expanduser()
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model = getattr(torchvision.models, arch)(num_classes=state["fc.weight"].shape[0])
+            model.load_state_dict(state)
+            report = path.with_suffix(".json")
+            acc = json.loads(report.read_text()).get("test_accuracy") if report.exists() else None
+            out.append({"name": f"{arch} (trained)", "model": model.eval(), "channels": 3, "preprocess": None,
+                        "weights": f"trained on 224x224 wafer maps ({path.name}; test accuracy {acc})"})
         else:
             torch.manual_seed(0)
             out.append({"name": name, "model": getattr(torchvision.models, name)(weights=None).eval(), "channels": 3,
@@ -330,7 +341,10 @@ def bench_contract(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     results = {}
-    for spec in contract_models([m.strip() for m in args.contract_models.split(",") if m.strip()]):
+    trained = dict(item.split("=", 1) for item in args.trained)
+    names = [m.strip() for m in args.contract_models.split(",") if m.strip()]
+    names += [f"{n}:trained" for n in trained]
+    for spec in contract_models(names, trained):
         name, model = spec["name"], spec["model"].to(device)
         stride = args.stride or (8 if name == "wafer-maps-resnet" else 16)
         window = args.window
@@ -404,6 +418,9 @@ def main() -> None:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--part", default="contract", choices=("contract", "engines"))
     parser.add_argument("--contract-models", default="wafer-maps-resnet,resnet18,vgg16")
+    parser.add_argument("--trained", action="append", default=[], metavar="NAME=PATH",
+                        help="torchvision model NAME with trained weights from PATH (a state_dict, e.g. from "
+                        "benchmarks/train_wafer_resnet18.py); measured besides the random-weight one; repeatable")
     parser.add_argument("--min-ssim", type=float, default=0.9)
     parser.add_argument("--margin", type=float, default=0.02)
     parser.add_argument("--calibration", type=int, default=2, help="calibration images per model")
