@@ -330,6 +330,19 @@ def test_delete_cancels_a_running_inversion(client, viewer):
     assert client.delete(f"/api/jobs/{done['id']}").status_code == 409
 
 
+def test_delete_by_one_of_two_clients_leaves_the_shared_job_running(client, viewer):
+    request = {"kind": "inversion", "image": "sample:6", "layer": "layer3", "steps": 1000, "optimizer": "adam"}
+    job = client.post("/api/jobs", json=request, headers={"X-Netvis-Client": "alice-0001"}).json()
+    same = client.post("/api/jobs", json=request, headers={"X-Netvis-Client": "bob-00000001"}).json()
+    assert same["id"] == job["id"] and same["requesters"] == 2
+    response = client.delete(f"/api/jobs/{job['id']}", headers={"X-Netvis-Client": "alice-0001"})
+    assert response.status_code == 200 and response.json()["status"] in ("queued", "running")
+    assert response.json()["requesters"] == 1 and response.json()["message"] != "cancelling"
+    response = client.delete(f"/api/jobs/{job['id']}", headers={"X-Netvis-Client": "bob-00000001"})
+    assert response.status_code in (200, 202)
+    assert wait_job(client, response.json(), timeout=30)["status"] == "cancelled"
+
+
 def test_a_job_waiting_for_the_model_can_be_cancelled(client, viewer):
     with viewer.model_lock:
         job = client.post("/api/jobs", json={"kind": "examples", "layer": "layer1", "k": 7}).json()

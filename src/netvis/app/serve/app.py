@@ -385,7 +385,8 @@ def create_app(
         snapshot = viewer.cancel(request.path_params["job_id"], client_id(request))
         if snapshot["status"] in ("done", "error"):
             return _error(409, f"job already {snapshot['status']}: nothing to cancel")
-        return _json(snapshot, 202 if snapshot["status"] == "running" else 200)
+        stopping = snapshot["status"] == "running" and snapshot["message"] == "cancelling"
+        return _json(snapshot, 202 if stopping else 200)  # 200 also when other clients still want the job
 
     async def health(request: Request) -> Response:
         return _json({"ok": True, "jobs": viewer.jobs.counts()})
