@@ -42,7 +42,6 @@ import copy
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _timing import device_name
 
 from netvis.app import experiments
 from netvis.app.experiments._common import Context, mix_seed
@@ -208,17 +208,6 @@ def measure(name: str, seeds: list[int], log: Callable[[str], None] | None = Non
             "seeds": list(seeds), "seconds": seconds, "claims": claims, "context": context}
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _flags() -> list[str]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -239,7 +228,7 @@ def main() -> None:
     args = parser.parse_args()
     report: dict[str, Any] = {
         "benchmark": "experiments", "setting": "fast", "margin_se": MARGIN_SE,
-        "cpu": _cpu(), "cpu_flags": _flags(), "cores": os.cpu_count(),
+        "cpu": device_name(torch.device("cpu")), "cpu_flags": _flags(), "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
         "command": "OMP_NUM_THREADS=1 python benchmarks/experiments.py " + " ".join(sys.argv[1:]),
         "experiments": {},

@@ -15,9 +15,8 @@ maps, run here on 224x224 wafer maps; the only trained network on this machine),
 weights (``weights=None``, seed 0); the JSON says so for each model (``"weights"``). Inputs are test wafer
 maps from ``netvis.data.wafer`` at 224x224 (three equal channels for the torchvision models).
 
-``--part engines`` is the earlier measurement on random-weight torchvision models (below).
-
-Is incremental occlusion faster than re-running the network? Engines, Captum and the approximations.
+``--part engines`` is the earlier measurement on random-weight torchvision models: engines, Captum and
+the approximations.
 
 Prints one JSON object. For each torchvision model (``weights=None``, eval mode) on one 224x224 image,
 window 16, stride 8 (27 x 27 = 729 positions), it times one occlusion map computed by
@@ -70,6 +69,7 @@ import torch
 import torchvision
 from _timing import device_name, sync, timed
 
+from netvis.data.wafer import pass_value
 from netvis.saliency.incremental import approximate_occlusion, calibrate_occlusion, incremental_occlusion, ssim
 from netvis.saliency.occlusion import occlusion, upsample_map
 
@@ -354,8 +354,7 @@ def bench_contract(args: argparse.Namespace) -> dict:
             predicted = model(x_all).argmax(1)
         cal_x, x = x_all[: args.calibration], x_all[args.calibration :]
         cal_t, t = predicted[: args.calibration], predicted[args.calibration :]
-        fill = float(x_all.mean()) if spec["preprocess"] is None else float(
-            spec["preprocess"](torch.full((1, 1, 1, 1), 127, dtype=torch.uint8)).flatten()[0])  # a passing die
+        fill = float(x_all.mean()) if spec["preprocess"] is None else pass_value(spec["preprocess"])
         options = {"window": window, "stride": stride, "fill": fill, "output": "drop", "batch_size": args.batch_size}
         # the peer
         start = time.perf_counter()

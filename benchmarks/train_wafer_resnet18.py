@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,8 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+from _timing import device_name
 
 from netvis.data.wafer import WAFER_CLASSES, load_wafer_maps
+from netvis.train.evaluate import evaluate
 
 
 def as_input(images: torch.Tensor) -> torch.Tensor:
@@ -40,14 +41,9 @@ def as_input(images: torch.Tensor) -> torch.Tensor:
     return (images.float() / 255).expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 
 
-@torch.no_grad()
 def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 64) -> float:
-    model.eval()
-    correct = 0
-    for start in range(0, len(images), batch):
-        predicted = model(as_input(images[start : start + batch])).argmax(1)
-        correct += int((predicted == labels[start : start + batch]).sum())
-    return correct / len(images)
+    batches = ((as_input(images[s : s + batch]), labels[s : s + batch]) for s in range(0, len(images), batch))
+    return evaluate(model, batches, classes=list(WAFER_CLASSES)).accuracy
 
 
 def main() -> None:
@@ -114,7 +110,7 @@ def main() -> None:
         "test_accuracy": epochs[-1]["test_accuracy"],
         "weights": str(weights),
         "seconds": round(time.perf_counter() - start_all, 1),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": device_name(torch.device("cpu")),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "command": "python benchmarks/train_wafer_resnet18.py " + " ".join(

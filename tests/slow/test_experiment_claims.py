@@ -9,6 +9,7 @@ with every number, is ``benchmarks/experiments.py`` (results in ``benchmarks/res
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,11 @@ def _benchmark():
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "experiments.py"
     spec = importlib.util.spec_from_file_location("netvis_benchmark_experiments", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))  # the script imports its folder's _timing, as when run from there
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 

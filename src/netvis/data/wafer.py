@@ -71,6 +71,7 @@ __all__ = [
     "generate_wafer_maps",
     "load_wafer_maps",
     "load_wafer_sample",
+    "pass_value",
     "wafer_disc",
 ]
 
@@ -79,6 +80,16 @@ WAFER_CLASSES = ("center", "donut", "edge-loc", "edge-ring", "loc", "near-full",
 
 OUTSIDE, PASS, FAIL = 0, 127, 255
 """Gray levels of the stored maps: outside the wafer, a passing die, a failing die."""
+
+def pass_value(preprocess: Any) -> float:
+    """A passing die's value as the model sees it: :data:`PASS` through ``preprocess`` (e.g. a checkpoint's
+    or a data set's). Filled into an occlusion window, it makes the patch look like a healthy part of the wafer.
+
+    >>> round(pass_value(lambda images: images.float() / 255), 6)  # 127 / 255
+    0.498039
+    """
+    return float(preprocess(torch.full((1, 1, 1, 1), PASS, dtype=torch.uint8)).flatten()[0])
+
 
 WAFER_SAMPLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "wafer-maps-sample"
 """The wafer-map sample shipped inside the package (``wafer-maps-sample.npz`` and ``meta.json``)."""

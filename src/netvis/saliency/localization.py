@@ -26,7 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["energy_inside", "localization_scores", "mask_auc", "mean_score", "pointing_game"]
+__all__ = ["energy_inside", "fill_uncovered", "localization_scores", "mask_auc", "mean_score", "pointing_game"]
+
+
+def fill_uncovered(maps: Tensor) -> Tensor:
+    """``(N, H, W)`` maps with every NaN (a pixel no occlusion window covered: no evidence) replaced by its
+    image's smallest value, the least important; maps without NaN are returned as they are.
+
+    >>> fill_uncovered(torch.tensor([[[float("nan"), 2.0], [3.0, 1.0]]])).tolist()
+    [[[1.0, 2.0], [3.0, 1.0]]]
+    """
+    if not torch.isnan(maps).any():
+        return maps
+    low = torch.nan_to_num(maps, nan=float("inf")).flatten(1).amin(1).view(-1, *([1] * (maps.dim() - 1)))
+    return torch.where(torch.isnan(maps), low.expand_as(maps), maps)
 
 
 def _check(maps: Tensor, masks: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:

@@ -258,6 +258,11 @@ def evaluate(
             channels_last=channels_last,
             progress=progress,
         )
+    return _evaluation(confusion, loss_sum, names)
+
+
+def _evaluation(confusion: Tensor, loss_sum: Tensor, names: list[str]) -> Evaluation:
+    """The :class:`Evaluation` of a confusion matrix and summed loss (from :func:`_sums`)."""
     confusion = confusion.cpu()
     count = int(confusion.sum())
     return Evaluation(
@@ -333,15 +338,7 @@ def _evaluate_batches(
         confusion, loss_sum = _sums(model, itertools.chain([first], batches), len(names), device=device,
                                     precision=precision, channels_last=channels_last, progress=progress,
                                     desc="evaluate", total=None)
-    confusion = confusion.cpu()
-    count = int(confusion.sum())
-    return Evaluation(
-        accuracy=float(confusion.diagonal().sum()) / count,
-        loss=float(loss_sum) / count,
-        confusion=confusion,
-        classes=names,
-        count=count,
-    )
+    return _evaluation(confusion, loss_sum, names)
 
 
 def with_preprocess(data: Dataset, preprocess: Any) -> Dataset:

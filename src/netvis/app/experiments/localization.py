@@ -32,7 +32,7 @@ from netvis.app.experiments._common import Context, Experiment, ExperimentResult
 from netvis.app.experiments.metrics import RANDOM, method_options, saliency_maps
 from netvis.app.render.figures import localization_grid
 from netvis.data import load
-from netvis.data.wafer import OUTSIDE, PASS, WAFER_CLASSES
+from netvis.data.wafer import OUTSIDE, WAFER_CLASSES, pass_value
 from netvis.saliency import METHODS
 from netvis.saliency.localization import localization_scores, mean_score
 from netvis.train.evaluate import with_preprocess
@@ -98,7 +98,7 @@ def _pick(ctx: Context, targets: torch.Tensor, classes: list[str], per_class: in
 
 def _fill_value(fill: Any, data: Any) -> Any:
     if fill == "pass":  # a passing die, through the model's preprocessing
-        return float(data.preprocess(torch.full((1, 1, 1, 1), PASS, dtype=torch.uint8)).flatten()[0])
+        return pass_value(data.preprocess)
     return fill
 
 

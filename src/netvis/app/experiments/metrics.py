@@ -26,6 +26,7 @@ from netvis.hooks import call_order, eval_session
 from netvis.saliency import default_layer
 from netvis.saliency import methods as registry
 from netvis.saliency.incremental import ssim
+from netvis.saliency.localization import fill_uncovered
 
 __all__ = [
     "MARKER_PATTERNS",
@@ -73,11 +74,7 @@ def to_2d(saliency: Tensor, *, absolute: bool = True) -> Tensor:
         m = saliency.abs() if absolute else saliency
     else:
         raise ValueError(f"a saliency map is (N, C, H, W) or (N, H, W); got {tuple(saliency.shape)}")
-    m = m.float()
-    if torch.isnan(m).any():
-        low = torch.nan_to_num(m, nan=float("inf")).flatten(1).amin(1).view(-1, 1, 1)
-        m = torch.where(torch.isnan(m), low.expand_as(m), m)
-    return m
+    return fill_uncovered(m.float())
 
 
 def method_options(model: nn.Module, image_size: tuple[int, int], params: Mapping[str, Any], seed: int) -> dict:

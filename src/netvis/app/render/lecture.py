@@ -23,15 +23,15 @@ from netvis.app.render.figures import localization_grid, method_grid
 from netvis.app.render.report import Report
 from netvis.bn import bn_statistics, recalibrate
 from netvis.data import load
-from netvis.data.wafer import OUTSIDE, PASS
+from netvis.data.wafer import OUTSIDE, pass_value
 from netvis.features import dataset_examples, filter_visualization, receptive_field
 from netvis.inversion import invert
 from netvis.models import create
 from netvis.models.batchnorm import BatchNorm2d
 from netvis.saliency import methods as saliency_methods
-from netvis.saliency.localization import localization_scores, mean_score
+from netvis.saliency.localization import fill_uncovered, localization_scores, mean_score
 from netvis.train.checkpoint import load_checkpoint
-from netvis.train.evaluate import evaluate, with_preprocess
+from netvis.train.evaluate import evaluate
 
 EXPLAIN = {
     "bn": (
@@ -260,7 +260,6 @@ def section_localization(report: Report, *, checkpoint: str = "wafer-maps-resnet
     raw = load(data, "test")
     if not hasattr(raw, "masks"):
         raise ValueError(f"the localization section needs a data set with defect masks, not {data!r}")
-    test = with_preprocess(raw, ckpt.preprocess)
     sec = report.section("Do the maps point at the defect? Localization on wafer maps", EXPLAIN["localization"])
     generator = torch.Generator().manual_seed(seed)
     chosen, labels_fig = [], []
@@ -272,22 +271,18 @@ def section_localization(report: Report, *, checkpoint: str = "wafer-maps-resnet
         chosen.append(picked)
         labels_fig.append(name)
     indices = torch.cat(chosen)
-    x = test.preprocess(raw.images[indices])
+    images = raw.images[indices]
+    x = ckpt.preprocess(images)
     target = raw.targets[indices]
     masks = raw.masks[indices]
-    valid = raw.images[indices][:, 0] != OUTSIDE
-    fill = float(test.preprocess(torch.full((1, 1, 1, 1), PASS, dtype=torch.uint8)).flatten()[0])
-    settings = {"window": window, "stride": stride, "fill": fill, "generator": seed}
+    valid = images[:, 0] != OUTSIDE
+    settings = {"window": window, "stride": stride, "fill": pass_value(ckpt.preprocess), "generator": seed}
     maps: dict[str, torch.Tensor] = {}
     for method in saliency_methods.methods():
         if not method.lecture:
             continue
         options = {**method.figure_options, **method.select(settings)}
-        m = method.display(method(model, x, target, **options)).detach().abs().float()
-        if torch.isnan(m).any():  # pixels an occlusion window never covered: no evidence
-            low = torch.nan_to_num(m, nan=float("inf")).flatten(1).amin(1).view(-1, 1, 1)
-            m = torch.where(torch.isnan(m), low.expand_as(m), m)
-        maps[method.title] = m
+        maps[method.title] = fill_uncovered(method.display(method(model, x, target, **options)).detach().abs().float())
     maps["random map"] = torch.rand(tuple(masks.shape), generator=generator)
     rows, summary = [], {}
     for label, m in maps.items():
@@ -296,7 +291,7 @@ def section_localization(report: Report, *, checkpoint: str = "wafer-maps-resnet
         summary[label] = means
         rows.append([label, f"{means['pointing']:.3f}", f"{means['energy']:.3f}", f"{means['auc']:.3f}"])
     first = [sum(len(c) for c in chosen[:i]) for i in range(len(chosen))]
-    sec.figure(localization_grid(raw.images[indices][:, 0], masks, maps, first, labels_fig),
+    sec.figure(localization_grid(images[:, 0], masks, maps, first, labels_fig),
                "One map per defect class: the defect's mask outlined, each map's maximum marked with a cross.")
     sec.table(["method", "pointing game", "energy inside the mask", "ROC-AUC"], rows)
     return {"localization_images": int(len(indices)), "localization": summary}
