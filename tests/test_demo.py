@@ -108,6 +108,18 @@ def test_localization_section_scores_every_lecture_method_against_the_defect_mas
     assert torch.equal(fresh.images, images) and torch.equal(fresh.masks, masks)
 
 
+def test_localization_section_names_data_without_masks_or_defects(monkeypatch):
+    import netvis.app.render.lecture as lecture
+
+    with pytest.raises(ValueError, match="defect masks, not 'fashion-mnist-sample'"):
+        section_localization(Report("t"), data="fashion-mnist-sample")
+    sample = load("wafer-maps-sample", "test")
+    only_none = sample.subset([i for i in range(len(sample)) if sample.classes[int(sample.targets[i])] == "none"])
+    monkeypatch.setattr(lecture, "load", lambda name, split: only_none)
+    with pytest.raises(ValueError, match="needs maps with a defect"):
+        section_localization(Report("t"))
+
+
 def test_report_command_on_a_run_folder_shows_its_curves(tiny_checkpoint, tmp_path):
     _, run_dir = tiny_checkpoint
     result = CliRunner().invoke(main, ["report", str(run_dir), "--data", "fashion-mnist-sample", "--limit", "24",

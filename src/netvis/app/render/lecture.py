@@ -270,6 +270,8 @@ def section_localization(report: Report, *, checkpoint: str = "wafer-maps-resnet
         picked = where[torch.randperm(len(where), generator=generator)[:per_class]].sort().values
         chosen.append(picked)
         labels_fig.append(name)
+    if not chosen:
+        raise ValueError(f"the localization section needs maps with a defect; the test split of {data!r} has none")
     indices = torch.cat(chosen)
     images = raw.images[indices]
     x = ckpt.preprocess(images)
